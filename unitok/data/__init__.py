@@ -1,0 +1,1 @@
+"""Data layer: records, the synthetic world, LMDB stores, importers. Imports nothing else of unitok."""

@@ -25,10 +25,7 @@ META_KEY = b"__meta__"
 
 def png_bytes(array: np.ndarray) -> bytes:
     """Encode an HxW (uint8/uint16) or HxWx3 (uint8) array as PNG."""
-    if array.dtype == np.uint16:
-        img = Image.fromarray(array, mode="I;16")
-    else:
-        img = Image.fromarray(np.ascontiguousarray(array))
+    img = Image.fromarray(np.ascontiguousarray(array))  # uint16 becomes mode "I;16"
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

@@ -1,184 +1,96 @@
-"""The synthetic world: seeded scenes of coloured shapes with every annotation.
+"""The synthetic world: seeded scenes of coloured shapes with every annotation, plus pairs and clips.
 
-A scene is fully determined by ``(seed, index, size)``: ``make_scene(WorldConfig(seed=0), 7)`` is the
-same record on every machine. Geometry is drawn in unit coordinates and scaled to ``size``, so no
-code depends on the default 64x64.
+A record is fully determined by ``(seed, split, index, size)``: ``make_scene(WorldConfig(seed=0), 7)``
+is the same bytes on every machine. The world is made of:
 
-Objects are painted far-to-near (larger ``depth`` is farther), so nearer objects really occlude
-farther ones; each object's box is the box of its *visible* pixels, which is what a detector sees.
+    world_scene      geometry: layout, occlusion, painting, segmentation and depth maps
+    world_language   captions, referring expressions, region descriptions, image-text matching
+    world_questions  VQA (closed answer set) and entailment
+    world_pairs      two-image statements (NLVR2-style)          -> dataset "world_pairs"
+    world_video      clips in which one shape moves              -> dataset "world_video"
+
+This module is the entry point: ``KINDS`` maps each dataset name to a pair of functions,
+``make(cfg, index, split) -> record`` and ``meta(cfg, split) -> metadata``, so the CLI builds any kind
+the same way (``iter_world(cfg, count, split, start, kind)``, ``meta_for(kind, cfg, split)``).
+
+Scene record (``make_scene``), beyond schema's id/image/width/height:
+    background    str, the scene-classification label
+    objects       list, left to right by visible box: box, category (= shape), shape,
+                  colour, size, depth (metres; nearer = smaller; an occluder is always nearer), mask
+                  (PNG L, 255 = visible pixel), visible (fraction unoccluded), occluded_by (indices)
+    segmentation  PNG L (H, W): 0 background, SHAPES.index(shape) + 1 on each object's visible pixels
+    depth         PNG I;16 (H, W): millimetres (meta depth_scale = 1000); ground plane behind objects
+    captions      list[str]; refs [{expression, object, box}]; regions [{box, description, object,
+                  category}]; vqa [{question, answer, type}]; entailment [{statement, label}];
+                  itm [{text, match}]
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-from PIL import Image, ImageDraw
+from typing import Callable, Iterator
 
 from .schema import png_bytes
+from .world_language import captions, itm, referring_expressions, regions
+from .world_pairs import make_pair, pairs_meta
+from .world_questions import VQA_TYPES, answer_set, entailment, vqa
+from .world_scene import BACKGROUNDS, COLOURS, DEPTH_SCALE, NUMBER_WORDS, SHAPES, SIZES, SPLITS, WorldConfig, \
+    base_meta, dense_maps, object_records, paint, sample_scene, scene_rng
+from .world_video import make_clip, video_meta
 
-SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 190, 60),
-    "blue": (50, 80, 230),
-    "yellow": (235, 215, 40),
-    "purple": (150, 60, 200),
-    "white": (240, 240, 240),
-}
-SIZES = {"small": (0.16, 0.22), "medium": (0.26, 0.34), "large": (0.38, 0.46)}
-BACKGROUNDS = {"gray": (105, 105, 105), "black": (22, 22, 26), "navy": (20, 28, 72), "brown": (78, 52, 30)}
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
-# Splits draw from disjoint random streams of the same world.
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    seed: int = 0
-    size: int = 64  # image side in pixels
-    min_objects: int = 1
-    max_objects: int = 5
-    min_visible: float = 0.45  # an object keeps at least this fraction of its pixels unoccluded
-
-
-def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
-    """Boolean HxW mask of one shape centred at (cx, cy) with half-extent r (pixels)."""
-    canvas = Image.new("L", (size, size), 0)
-    d = ImageDraw.Draw(canvas)
-    if shape == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-    elif shape == "square":
-        s = r * 0.9
-        d.rectangle([cx - s, cy - s, cx + s, cy + s], fill=255)
-    elif shape == "triangle":
-        d.polygon([(cx, cy - r), (cx + r, cy + r * 0.85), (cx - r, cy + r * 0.85)], fill=255)
-    elif shape == "diamond":
-        d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=255)
-    elif shape == "cross":
-        t = r * 0.38
-        d.rectangle([cx - r, cy - t, cx + r, cy + t], fill=255)
-        d.rectangle([cx - t, cy - r, cx + t, cy + r], fill=255)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-    return np.asarray(canvas) > 127
-
-
-def _box_of(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    # Pixel-edge convention: a single pixel at column x spans [x, x+1).
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-
-
-def _describe(obj: dict) -> str:
-    return f"{obj['size']} {obj['colour']} {obj['shape']}"
-
-
-def _list_phrase(items: list[str]) -> str:
-    if len(items) == 1:
-        return items[0]
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _captions(objects: list[dict], background: str, rng: np.random.Generator) -> list[str]:
-    n = len(objects)
-    noun = "shape" if n == 1 else "shapes"
-    things = [f"a {o['colour']} {o['shape']}" for o in objects]
-    sized = [f"a {_describe(o)}" for o in objects]
-    caps = [
-        f"{NUMBER_WORDS[n]} {noun} on a {background} background: {_list_phrase(things)}.",
-        f"a {background} scene with {_list_phrase(sized)}.",
-        f"there {'is' if n == 1 else 'are'} {_list_phrase(things)}.",
-    ]
-    biggest = max(objects, key=lambda o: (o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]))
-    caps.append(f"the largest shape is a {biggest['colour']} {biggest['shape']}.")
-    order = rng.permutation(len(caps))
-    return [caps[i] for i in order]
+__all__ = ["BACKGROUNDS", "COLOURS", "DEPTH_SCALE", "KINDS", "NUMBER_WORDS", "SHAPES", "SIZES", "SPLITS",
+           "WorldConfig", "iter_world", "make_clip", "make_pair", "make_scene", "meta_for", "pairs_meta",
+           "video_meta", "world_meta"]
 
 
 def make_scene(cfg: WorldConfig, index: int, split: str = "train") -> dict:
-    """Render scene ``index`` of ``split`` of the world ``cfg`` as a record dict (see ``schema``)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), index, cfg.size])
-    size = cfg.size
-    background = str(rng.choice(list(BACKGROUNDS)))
-    base = np.array(BACKGROUNDS[background], dtype=np.float32)
-    # A mild vertical gradient + noise so backgrounds are not trivially flat.
-    grad = np.linspace(-12, 12, size, dtype=np.float32)[:, None, None]
-    noise = rng.normal(0, 4, (size, size, 3)).astype(np.float32)
-    image = np.clip(base + grad + noise, 0, 255)
-
-    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    placed: list[dict] = []
-    occupied = np.zeros((size, size), dtype=bool)
-    attempts = 0
-    while len(placed) < n and attempts < 200:
-        attempts += 1
-        shape = str(rng.choice(SHAPES))
-        colour = str(rng.choice(list(COLOURS)))
-        size_name = str(rng.choice(list(SIZES)))
-        lo, hi = SIZES[size_name]
-        r = rng.uniform(lo, hi) * size / 2
-        cx, cy = rng.uniform(r, size - r, size=2)
-        mask = _shape_mask(shape, cx, cy, r, size)
-        if mask.sum() < 4:
-            continue
-        # New objects are placed *behind* everything so far: they may only lose pixels.
-        visible = mask & ~occupied
-        if visible.sum() < cfg.min_visible * mask.sum():
-            continue
-        # Keep objects of one (shape, colour) unique so captions/refs can name them unambiguously.
-        if any(o["shape"] == shape and o["colour"] == colour for o in placed):
-            continue
-        placed.append({"shape": shape, "colour": colour, "size": size_name, "full_mask": mask, "mask": visible})
-        occupied |= mask
-
-    # Depth: placement order is front-to-back; give each object a depth in (0, 1), nearer = smaller.
-    depths = np.sort(rng.uniform(0.15, 0.85, size=len(placed)))
-    objects = []
-    for obj, depth in zip(placed, depths):
-        obj["depth"] = float(depth)
-    for obj in reversed(placed):  # paint far-to-near
-        image[obj["full_mask"]] = COLOURS[obj["colour"]]
-    for obj in placed:
-        objects.append(
-            {
-                "box": _box_of(obj["mask"]),
-                "category": obj["shape"],
-                "shape": obj["shape"],
-                "colour": obj["colour"],
-                "size": obj["size"],
-                "depth": obj["depth"],
-                "mask": png_bytes(obj["mask"].astype(np.uint8) * 255),
-            }
-        )
-    # Records list objects left-to-right: a stable, human-readable order (Pix2Seq found random order
-    # works as well for detection; deterministic order makes references like "the left one" easy).
-    objects.sort(key=lambda o: (o["box"][0], o["box"][1]))
-    image_u8 = image.astype(np.uint8)
+    """Render scene ``index`` of ``split`` of the world ``cfg`` as a record dict (fields above)."""
+    rng = scene_rng(cfg, split, index)
+    scene = sample_scene(cfg, rng)
+    objects = object_records(scene.shapes)
+    segmentation, depth = dense_maps(scene.shapes, cfg.size)
+    caps = captions(objects, scene.background, cfg.size, rng)
     return {
         "id": f"world-{cfg.seed}-{split}-{index}",
-        "image": png_bytes(image_u8),
-        "width": size,
-        "height": size,
-        "background": background,
+        "image": png_bytes(paint(scene.backdrop, scene.shapes)),
+        "width": cfg.size,
+        "height": cfg.size,
+        "background": scene.background,
         "objects": objects,
-        "captions": _captions(objects, background, rng),
+        "segmentation": png_bytes(segmentation),
+        "depth": png_bytes(depth),
+        "captions": caps,
+        "refs": referring_expressions(objects, cfg.size, rng),
+        "regions": regions(objects),
+        "vqa": vqa(objects, scene.background, cfg.size, rng),
+        "entailment": entailment(objects, scene.background, cfg.size, rng),
+        "itm": itm(objects, scene.background, caps, rng),
     }
 
 
 def world_meta(cfg: WorldConfig, split: str = "train") -> dict:
-    """Metadata a store of world records carries (categories, attribute vocabularies, provenance)."""
-    return {
-        "dataset": "world",
-        "categories": list(SHAPES),
-        "colours": list(COLOURS),
-        "sizes": list(SIZES),
-        "backgrounds": list(BACKGROUNDS),
-        "provenance": {"generator": "unitok.data.world", "seed": cfg.seed, "size": cfg.size, "split": split},
-    }
+    """Metadata a store of world scenes carries: vocabularies, the VQA answer set, provenance."""
+    return {**base_meta("world", cfg, split), "answers": answer_set(cfg.max_objects), "vqa_types": list(VQA_TYPES)}
 
 
-def iter_world(cfg: WorldConfig, count: int, split: str = "train", start: int = 0):
+KINDS: dict[str, tuple[Callable[[WorldConfig, int, str], dict], Callable[[WorldConfig, str], dict]]] = {
+    "world": (make_scene, world_meta),
+    "world_pairs": (make_pair, pairs_meta),
+    "world_video": (make_clip, video_meta),
+}
+
+
+def _kind(kind: str):
+    if kind not in KINDS:
+        raise ValueError(f"unknown world kind {kind!r}; expected one of {sorted(KINDS)}")
+    return KINDS[kind]
+
+
+def meta_for(kind: str, cfg: WorldConfig, split: str = "train") -> dict:
+    return _kind(kind)[1](cfg, split)
+
+
+def iter_world(cfg: WorldConfig, count: int, split: str = "train", start: int = 0,
+               kind: str = "world") -> Iterator[dict]:
+    """Records ``start .. start+count-1`` of one kind (default: scenes)."""
+    make = _kind(kind)[0]
     for i in range(start, start + count):
-        yield make_scene(cfg, i, split)
+        yield make(cfg, i, split)

@@ -1,0 +1,257 @@
+"""Scene geometry of the synthetic world: sampling a layout, painting it, and its dense maps.
+
+Scenes, image pairs and clips all draw their geometry here, so they share one painter and one depth
+model. The camera looks down at a ground plane: the top image row sees far ground, the bottom row
+near ground. Each shape is a flat card standing on the ground at its lowest pixel row, so lower
+shapes are nearer, as in a photograph. A per-card factor below 1 pulls the card a little in front of
+the ground it stands on; since every pixel of a card is at or above its base row, where the ground is
+at least as far, every object is strictly nearer than the background behind it.
+
+Occlusion follows depth: shapes are painted far-to-near, so a shape that hides part of another is
+always the nearer one. Geometry is drawn in pixels of a configurable square side, never assuming 64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .schema import png_bytes
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "white": (240, 240, 240),
+}
+# Half-extent of a shape as a fraction of half the image side. The classes do not overlap, so "larger"
+# between two size classes is never in doubt.
+SIZES = {"small": (0.16, 0.22), "medium": (0.26, 0.34), "large": (0.38, 0.46)}
+BACKGROUNDS = {"gray": (105, 105, 105), "black": (22, 22, 26), "navy": (20, 28, 72), "brown": (78, 52, 30)}
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+# Splits draw from disjoint random streams of the same world.
+SPLITS = ("train", "val", "test")
+
+GROUND_FAR_M = 12.0  # depth of the ground seen by the top image row
+GROUND_NEAR_M = 2.0  # ... and by the bottom row
+DEPTH_SCALE = 1000  # depth-map units per metre: uint16 millimetres, so up to 65.5 m
+CARD_FACTOR = (0.8, 0.95)  # a card's depth over the depth of the ground at its base row
+# A nearer shape counts as hiding another when this much of the other is seen covered by it: a corner
+# touching a few pixels does not show a viewer which of the two is in front.
+OCCLUSION_MIN_PIXELS = 3
+OCCLUSION_MIN_FRACTION = 0.03
+_PLACEMENT_ATTEMPTS = 200
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    size: int = 64  # image side in pixels
+    min_objects: int = 1
+    max_objects: int = 5
+    min_visible: float = 0.45  # an object keeps at least this fraction of its pixels unoccluded
+
+    def __post_init__(self):
+        if self.size < 16:
+            raise ValueError(f"WorldConfig.size={self.size}: shapes need at least 16 pixels a side")
+        if not 1 <= self.min_objects <= self.max_objects < len(NUMBER_WORDS):
+            raise ValueError(f"WorldConfig objects {self.min_objects}..{self.max_objects}: need "
+                             f"1 <= min_objects <= max_objects <= {len(NUMBER_WORDS) - 1} (counts are words)")
+
+
+@dataclass
+class Shape:
+    """One object before occlusion: its attributes, its distance, and every pixel it covers."""
+    shape: str
+    colour: str
+    size: str
+    depth: float  # metres, on the depth map's millimetre grid
+    full: np.ndarray  # (H, W) bool, including the pixels that nearer shapes hide
+
+
+@dataclass
+class Scene:
+    background: str
+    backdrop: np.ndarray  # (H, W, 3) uint8: the background before any shape is painted
+    shapes: list[Shape]  # nearest first
+
+
+def scene_rng(cfg: WorldConfig, split: str, index: int, *stream: int) -> np.random.Generator:
+    """The random stream of one record; ``stream`` keeps record kinds (scene, pair, clip) apart."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return np.random.default_rng([cfg.seed, SPLITS.index(split), index, cfg.size, *stream])
+
+
+def ground_depth(size: int) -> np.ndarray:
+    """(H,) metres of ground seen by each row; inverse depth is linear in the row, as on a real plane."""
+    v = (np.arange(size) + 0.5) / size
+    return 1.0 / (1.0 / GROUND_FAR_M + v * (1.0 / GROUND_NEAR_M - 1.0 / GROUND_FAR_M))
+
+
+def shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
+    """(H, W) bool mask of one shape centred at (cx, cy) with half-extent r (pixels)."""
+    canvas = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(canvas)
+    if shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif shape == "square":
+        s = r * 0.9
+        d.rectangle([cx - s, cy - s, cx + s, cy + s], fill=255)
+    elif shape == "triangle":
+        d.polygon([(cx, cy - r), (cx + r, cy + r * 0.85), (cx - r, cy + r * 0.85)], fill=255)
+    elif shape == "diamond":
+        d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=255)
+    elif shape == "cross":
+        t = r * 0.38
+        d.rectangle([cx - r, cy - t, cx + r, cy + t], fill=255)
+        d.rectangle([cx - t, cy - r, cx + t, cy + r], fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return np.asarray(canvas) > 127
+
+
+def box_of(mask: np.ndarray) -> list[float]:
+    """[x0, y0, x1, y1] of the True pixels, pixel-edge convention: column x spans [x, x+1)."""
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def visible_masks(shapes: list[Shape]) -> list[np.ndarray]:
+    """What each shape (nearest first) still shows once every nearer shape is painted over it."""
+    out: list[np.ndarray] = []
+    covered = np.zeros_like(shapes[0].full) if shapes else None
+    for s in shapes:
+        out.append(s.full & ~covered)
+        covered = covered | s.full
+    return out
+
+
+def _backdrop(background: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    # A mild vertical gradient + noise so backgrounds are not trivially flat.
+    grad = np.linspace(-12, 12, size, dtype=np.float32)[:, None, None]
+    noise = rng.normal(0, 4, (size, size, 3)).astype(np.float32)
+    return np.clip(np.array(BACKGROUNDS[background], np.float32) + grad + noise, 0, 255).astype(np.uint8)
+
+
+def _sample_shape(cfg: WorldConfig, rng: np.random.Generator) -> Shape | None:
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    size_name = list(SIZES)[rng.integers(len(SIZES))]
+    r = rng.uniform(*SIZES[size_name]) * cfg.size / 2
+    cx, cy = rng.uniform(r, cfg.size - r, size=2)
+    full = shape_mask(shape, cx, cy, r, cfg.size)
+    if full.sum() < 4:
+        return None
+    base_row = np.nonzero(full.any(axis=1))[0].max()
+    depth = round(float(ground_depth(cfg.size)[base_row] * rng.uniform(*CARD_FACTOR)), 3)
+    return Shape(shape, colour, size_name, depth, full)
+
+
+def _fits(candidate: Shape, shapes: list[Shape], cfg: WorldConfig) -> bool:
+    """Whether adding ``candidate`` keeps every shape nameable and visible enough.
+
+    (shape, colour) stays unique so captions and references can always name an object; depths stay
+    distinct on the millimetre grid so "nearer" is never a tie.
+    """
+    if any((s.shape, s.colour) == (candidate.shape, candidate.colour) or s.depth == candidate.depth
+           for s in shapes):
+        return False
+    trial = sorted([*shapes, candidate], key=lambda s: s.depth)
+    return all(v.sum() >= max(4, cfg.min_visible * s.full.sum()) for s, v in zip(trial, visible_masks(trial)))
+
+
+def sample_scene(cfg: WorldConfig, rng: np.random.Generator) -> Scene:
+    """Draw a background and a layout of shapes; a candidate that breaks ``_fits`` is redrawn."""
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    backdrop = _backdrop(background, cfg.size, rng)
+    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    shapes: list[Shape] = []
+    for _ in range(_PLACEMENT_ATTEMPTS):
+        if len(shapes) == n:
+            break
+        candidate = _sample_shape(cfg, rng)
+        if candidate is not None and _fits(candidate, shapes, cfg):
+            shapes = sorted([*shapes, candidate], key=lambda s: s.depth)
+    return Scene(background, backdrop, shapes)
+
+
+def paint(backdrop: np.ndarray, shapes: list[Shape]) -> np.ndarray:
+    """(H, W, 3) uint8 image: shapes (nearest first) painted far-to-near, so nearer ones occlude."""
+    image = backdrop.copy()
+    for s in reversed(shapes):
+        image[s.full] = COLOURS[s.colour]
+    return image
+
+
+def dense_maps(shapes: list[Shape], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(segmentation (H, W) uint8 class ids, depth (H, W) uint16 millimetres), painted like the image."""
+    seg = np.zeros((size, size), np.uint8)
+    ground_mm = np.round(ground_depth(size) * DEPTH_SCALE).astype(np.uint16)
+    depth = np.repeat(ground_mm[:, None], size, axis=1)
+    for s in reversed(shapes):
+        seg[s.full] = SHAPES.index(s.shape) + 1
+        depth[s.full] = round(s.depth * DEPTH_SCALE)
+    return seg, depth
+
+
+def _hides(front_visible: np.ndarray, back_full: np.ndarray) -> bool:
+    """Whether a shape, where it is seen, covers enough of another shape to show it is in front."""
+    covered = int((front_visible & back_full).sum())
+    return covered >= max(OCCLUSION_MIN_PIXELS, OCCLUSION_MIN_FRACTION * back_full.sum())
+
+
+def object_order(shapes: list[Shape]) -> list[int]:
+    """Record order of shapes (indices into the nearest-first list): left to right by visible box.
+
+    A stable, human-readable order (Pix2Seq found random order works as well for detection; a fixed
+    order makes "the left one" easy to read off a record).
+    """
+    boxes = [box_of(v) for v in visible_masks(shapes)]
+    return sorted(range(len(shapes)), key=lambda i: (boxes[i][0], boxes[i][1]))
+
+
+def object_records(shapes: list[Shape]) -> list[dict]:
+    """The ``objects`` field: one dict per shape, in ``object_order``.
+
+    Besides box/category/attributes/mask, each carries ``visible`` (fraction of the shape left
+    unoccluded) and ``occluded_by`` (record indices of the objects seen covering part of it, see
+    ``_hides``), which the language generators use for "partly hidden" and "in front of".
+    """
+    order = object_order(shapes)
+    rank = {old: new for new, old in enumerate(order)}
+    visible = visible_masks(shapes)
+    records = []
+    for i in order:
+        s, v = shapes[i], visible[i]
+        records.append({
+            "box": box_of(v),
+            "category": s.shape,
+            "shape": s.shape,
+            "colour": s.colour,
+            "size": s.size,
+            "depth": s.depth,
+            "mask": png_bytes(v.astype(np.uint8) * 255),
+            "visible": round(float(v.sum() / s.full.sum()), 3),
+            "occluded_by": sorted(rank[j] for j in range(i) if _hides(visible[j], s.full)),
+        })
+    return records
+
+
+def base_meta(kind: str, cfg: WorldConfig, split: str) -> dict:
+    """Metadata every world dataset carries: vocabularies and how to regenerate it."""
+    return {
+        "dataset": kind,
+        "categories": list(SHAPES),
+        "colours": list(COLOURS),
+        "sizes": list(SIZES),
+        "backgrounds": list(BACKGROUNDS),
+        "depth_scale": DEPTH_SCALE,
+        "provenance": {"generator": "unitok.data.world", "kind": kind, "seed": cfg.seed, "size": cfg.size,
+                       "split": split, "min_objects": cfg.min_objects, "max_objects": cfg.max_objects,
+                       "min_visible": cfg.min_visible},
+    }

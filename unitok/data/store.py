@@ -3,10 +3,16 @@
 Readers are safe in DataLoader workers under fork and spawn: the environment is opened lazily in
 the process that first reads (``readonly=True, lock=False, readahead=False``) and is dropped when
 the store is pickled, so each worker opens its own handle.
+
+py-lmdb allows one open handle per environment per process, and a forked child inherits the
+parent's (its registry included), so readers share handles through ``_acquire``/``_release``: one
+handle per (process, store), reference counted; a child that finds its parent's handle closes its
+own copy of it and opens a fresh one.
 """
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -22,6 +28,64 @@ class StoreError(ValueError):
 
 def _key(index: int) -> bytes:
     return b"%010d" % index
+
+
+_HANDLES: dict[str, tuple[int, lmdb.Environment, int]] = {}  # resolved path -> (owner pid, env, users)
+_HANDLES_LOCK = threading.Lock()
+
+
+def _reset_lock_in_child() -> None:
+    global _HANDLES_LOCK  # a fork while another thread held the lock would leave it held forever
+    _HANDLES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
+def _open_readonly(path: Path) -> lmdb.Environment:
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, max_readers=512)
+    except lmdb.Error as e:
+        raise StoreError(f"{path}: cannot open the LMDB store ({e})") from e
+    # LMDB maps the file: reading a page past the end of a truncated file kills the process with
+    # SIGBUS instead of raising, so compare the size the store claims with the file on disk first.
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = (path / "data.mdb").stat().st_size
+    if have < need:
+        env.close()
+        raise StoreError(f"{path}: data.mdb is truncated ({have} bytes, the store needs {need})")
+    return env
+
+
+def _acquire(path: Path) -> lmdb.Environment:
+    key, pid = str(path.resolve()), os.getpid()
+    with _HANDLES_LOCK:
+        held = _HANDLES.pop(key, None)
+        if held is not None:
+            owner, env, users = held
+            if owner == pid:
+                _HANDLES[key] = (owner, env, users + 1)
+                return env
+            # Inherited through fork: closing it here (read-only, no lock file) only unmaps this
+            # process's copy; the parent's handle is untouched.
+            env.close()
+        env = _open_readonly(path)
+        _HANDLES[key] = (pid, env, 1)
+        return env
+
+
+def _release(path: Path) -> None:
+    key, pid = str(path.resolve()), os.getpid()
+    with _HANDLES_LOCK:
+        held = _HANDLES.get(key)
+        if held is None or held[0] != pid:
+            return
+        owner, env, users = held
+        if users > 1:
+            _HANDLES[key] = (owner, env, users - 1)
+        else:
+            del _HANDLES[key]
+            env.close()
 
 
 class StoreWriter:
@@ -83,22 +147,38 @@ class RecordStore:
         self.path = Path(path)
         if not (self.path / "data.mdb").exists():
             raise StoreError(f"{self.path}: no LMDB store here (expected {self.path / 'data.mdb'})")
-        self._env = None
-        self.meta = self._read_meta()
-        version = self.meta.get("schema_version")
+        self._env: lmdb.Environment | None = None
+        self._env_pid = 0
+        try:
+            self.meta = self._read_meta()
+            self._len = self._check_meta(self.meta)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_meta(self, meta: Any) -> int:
+        if not isinstance(meta, dict):
+            raise StoreError(f"{self.path}: metadata is a {type(meta).__name__}, expected a map")
+        version = meta.get("schema_version")
         if version != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema_version {version} but this unitok reads {SCHEMA_VERSION}")
-        self._len = int(self.meta["count"])
+        count = meta.get("count")
+        if not isinstance(count, int) or count < 0:
+            raise StoreError(f"{self.path}: metadata has no valid record count (count={count!r})")
+        return count
 
     def _open(self) -> lmdb.Environment:
-        if self._env is None:
-            self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, subdir=True,
-                                  max_readers=512)
+        if self._env is None or self._env_pid != os.getpid():  # a forked copy opens its own
+            self._env = _acquire(self.path)
+            self._env_pid = os.getpid()
         return self._env
 
     def _get(self, key: bytes) -> Any:
-        with self._open().begin(buffers=False) as txn:
-            raw = txn.get(key)
+        try:
+            with self._open().begin(buffers=False) as txn:
+                raw = txn.get(key)
+        except lmdb.Error as e:
+            raise StoreError(f"{self.path}: reading key {key.decode()!r} failed ({e})") from e
         if raw is None:
             raise StoreError(f"{self.path}: key {key.decode()!r} is missing")
         try:
@@ -108,9 +188,14 @@ class RecordStore:
 
     def _read_meta(self) -> dict:
         try:
-            return self._get(META_KEY)
-        except StoreError as e:
-            raise StoreError(f"{e} (the metadata key is written last; the store may be incomplete)") from e
+            with self._open().begin() as txn:
+                missing = txn.get(META_KEY) is None
+        except lmdb.Error as e:
+            raise StoreError(f"{self.path}: reading the metadata failed ({e})") from e
+        if missing:
+            raise StoreError(f"{self.path}: no metadata key {META_KEY.decode()!r}; it is written last, so the "
+                             "writer did not finish (killed or failed) and the store is incomplete")
+        return self._get(META_KEY)
 
     def __len__(self) -> int:
         return self._len
@@ -130,9 +215,15 @@ class RecordStore:
         return state
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        if self._env is not None and self._env_pid == os.getpid():
+            _release(self.path)
+        self._env = None
+
+    def __enter__(self) -> "RecordStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def write_store(path: str | os.PathLike, records: Iterable[dict], meta: dict | None = None) -> int:

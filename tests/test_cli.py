@@ -1,0 +1,72 @@
+"""The `unitok` console script, run as a user would (subprocess)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def unitok(*args, check=True, cwd=REPO):
+    proc = subprocess.run([sys.executable, "-m", "unitok.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"unitok {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_tasks_list_and_check():
+    out = unitok("tasks", "list").stdout
+    assert "detection" in out and "caption" in out
+    assert "ok" in unitok("tasks", "check").stdout
+
+
+def test_tasks_check_names_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ndata: world\nprompt: [x]\ntarget: {format: boxes, field: objects}\nmetric: coco_map\n")
+    proc = unitok("tasks", "check", bad, check=False)
+    assert proc.returncode == 1
+    assert f"{bad}: field 'target.label'" in proc.stdout
+    unknown_metric = tmp_path / "m.yaml"
+    unknown_metric.write_text("name: m\ndata: world\nprompt: [x]\ntarget: {format: text, field: captions}\nmetric: blue\n")
+    assert "m.yaml: field 'metric': unknown evaluator 'blue'" in unitok("tasks", "check", unknown_metric, check=False).stdout
+
+
+def test_data_build_inspect_show(tmp_path):
+    store = tmp_path / "w"
+    unitok("data", "build", "world", "--split", "val", "--n", 6, "--out", store, "--size", 48)
+    assert "6" in unitok("data", "inspect", store).stdout
+    png = tmp_path / "r.png"
+    unitok("data", "show", store, "--index", 2, "--out", png)
+    assert png.stat().st_size > 0
+    again = unitok("data", "build", "world", "--n", 2, "--out", store, check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+
+@pytest.mark.slow
+def test_predict_and_eval_on_a_trained_checkpoint(trained, tmp_path):
+    run, out, _ = trained
+    from unitok.data.store import RecordStore
+
+    record = RecordStore(Path(run.data.root) / "world" / "val")[1]
+    image = tmp_path / "scene.png"
+    image.write_bytes(record["image"])
+    proc = unitok("predict", "--checkpoint", out / "checkpoint", "--image", image, "--prompt", "detect the shapes.",
+                  "--save-vis", tmp_path / "vis.png")
+    result = json.loads(proc.stdout)
+    assert result["type"] == "Boxes" and all(len(b) >= 6 for b in result["output"]["boxes"])
+    assert (tmp_path / "vis.png").exists()
+    bad = unitok("predict", "--checkpoint", out / "checkpoint", "--image", image, "--prompt", "sing", check=False)
+    assert bad.returncode != 0 and "no task matches the prompt 'sing'" in bad.stderr
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    bad = unitok("predict", "--checkpoint", out / "checkpoint", "--image", corrupt, "--prompt", "describe the image.", check=False)
+    assert bad.returncode != 0 and "not a readable image" in bad.stderr
+    unitok("eval", "--checkpoint", out / "checkpoint", "--tasks", "detection", "--max-examples", 20,
+           "--data-root", run.data.root, "--out", tmp_path / "ev")
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert 0 <= metrics["detection"]["map@0.5"] <= 1
+    assert (tmp_path / "ev" / "metrics.md").read_text().count("|") > 4

@@ -1,0 +1,95 @@
+"""The encoder-decoder: forward/backward, KV cache, Multiway routing."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unitok.model.config import ModelConfig
+from unitok.model.transformer import UniTokModel
+
+V = 300
+
+
+def make(**kw) -> UniTokModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, d_model=64, n_heads=4, enc_layers=2, dec_layers=2, image_size=32, patch_size=8,
+                      expert_ranges=[(0, 200, 0), (200, V, 1)], **kw)
+    return UniTokModel(cfg)
+
+
+def inputs(b=3):
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 200, (b, 7), generator=g)
+    prompt_mask = torch.ones(b, 7, dtype=torch.bool)
+    prompt_mask[0, 5:] = False
+    images = torch.randn(b, 2, 3, 32, 32, generator=g)
+    image_mask = torch.tensor([[True, False], [True, True], [False, False]])[:b]
+    target = torch.randint(0, V, (b, 9), generator=g)
+    return prompt, prompt_mask, target, images, image_mask
+
+
+def test_forward_backward_reaches_every_used_parameter():
+    m = make()
+    p, pm, t, im, imm = inputs()
+    logits = m(p, pm, t, im, imm)
+    assert logits.shape == (3, 9, V)
+    logits.logsumexp(-1).mean().backward()
+    for name, param in m.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+
+
+def test_cached_decoding_equals_uncached():
+    m = make().eval()
+    p, pm, t, im, imm = inputs()
+    with torch.no_grad():
+        full = m(p, pm, t, im, imm)
+        memory, mask = m.encode(p, pm, im, imm)
+        caches = m.new_caches(3, 16, torch.float32, "cpu")
+        stepwise = torch.cat([m.decode(t[:, i:i + 1], memory, mask, caches) for i in range(t.shape[1])], 1)
+    torch.testing.assert_close(stepwise, full, atol=1e-5, rtol=1e-5)
+
+
+def test_multiway_routes_tokens_to_their_modality_expert():
+    """Patches use the vision expert and prompt tokens the text expert: each gets gradient only from its own."""
+    m = make()
+    p, pm, t, _, _ = inputs()
+    # Text only: the encoder's vision expert must receive no gradient.
+    m(p, pm, t).sum().backward()
+    enc_ffn = m.encoder[0].ffn.experts
+    assert enc_ffn[0].up.weight.grad.abs().sum() > 0
+    assert enc_ffn[1].up.weight.grad is None or enc_ffn[1].up.weight.grad.abs().sum() == 0
+    # Decoder: targets from the text range only leave the decoder's vision expert untouched.
+    m.zero_grad(set_to_none=True)
+    m(p, pm, torch.randint(0, 200, (3, 5))).sum().backward()
+    dec_ffn = m.decoder[0].ffn.experts
+    assert dec_ffn[1].up.weight.grad is None or dec_ffn[1].up.weight.grad.abs().sum() == 0
+
+
+def test_padding_and_absent_images_do_not_change_outputs():
+    m = make().eval()
+    p, pm, t, im, imm = inputs()
+    with torch.no_grad():
+        a = m(p, pm, t, im, imm)
+        im2 = im.clone()
+        im2[0, 1] = 123.0  # slot 1 of row 0 is masked out
+        p2 = p.clone()
+        p2[0, 5:] = 7  # padded prompt positions of row 0
+        b = m(p2, pm, t, im2, imm)
+    torch.testing.assert_close(a, b)
+
+
+def test_shared_expert_layers_and_single_ffn_ablation():
+    shared = make(shared_expert_layers=1)
+    assert len(shared.encoder[-1].ffn.experts) == 1 and len(shared.encoder[0].ffn.experts) == 2
+    plain = make(multiway=False)
+    assert all(len(b.ffn.experts) == 1 for b in list(plain.encoder) + list(plain.decoder))
+    assert plain.num_params() < make().num_params()
+
+
+def test_over_long_inputs_are_refused_with_the_setting_named():
+    m = make(max_prompt_len=8)
+    with pytest.raises(ValueError, match="max_prompt_len"):
+        m.encode(torch.zeros(1, 9, dtype=torch.long), torch.ones(1, 9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="image_size"):
+        m.encode(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 1, 3, 16, 16))

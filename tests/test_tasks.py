@@ -1,0 +1,151 @@
+"""Task specs (validation names file and field), target formats (round trips) and their grammars."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unitok.data.world import WorldConfig, make_scene
+from unitok.modalities.codec import Codec
+from unitok.modalities.text import TextTokenizer
+from unitok.model.config import ModelConfig
+from unitok.model.transformer import UniTokModel
+from unitok.tasks.examples import ExampleBuilder
+from unitok.tasks.formats import FORMATS, FormatContext
+from unitok.tasks.spec import TaskSpecError, Target, load_task, load_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = """
+name: mytask
+data: world
+prompt: ["describe the image."]
+inputs: {image: image}
+target: {format: text, field: captions}
+metric: caption
+"""
+
+
+@pytest.fixture(scope="module")
+def codec(tmp_path_factory) -> Codec:
+    cfg = WorldConfig(seed=3)
+    text = [c for i in range(60) for c in make_scene(cfg, i)["captions"]] + ["detect the shapes.", "describe the image."]
+    text += ["circle", "square", "triangle", "diamond", "cross"]
+    tok = TextTokenizer.train(text, tmp_path_factory.mktemp("tok") / "t.model", vocab_size=400)
+    return Codec.build(tok, 64)
+
+
+def write(tmp_path: Path, body: str, name: str = "mytask") -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+@pytest.mark.parametrize("body, field", [
+    (GOOD.replace("format: text", "format: textt"), "target.format"),
+    (GOOD.replace("metric: caption", "metric: caption\nwieght: 2"), "wieght"),
+    (GOOD.replace('prompt: ["describe the image."]', "prompt: []"), "prompt"),
+    (GOOD.replace("data: world", ""), "data"),
+    (GOOD + "weight: -1\n", "weight"),
+    (GOOD + "decoding: {max_tokens: 0}\n", "decoding.max_tokens"),
+    (GOOD.replace("format: text, field: captions", "format: boxes, field: objects"), "target.label"),
+    (GOOD.replace("format: text, field: captions", "format: label, field: background"), "target.choices"),
+    (GOOD.replace('["describe the image."]', '["describe {the image."]'), "prompt"),
+])
+def test_bad_spec_error_names_file_and_field(tmp_path, body, field):
+    path = write(tmp_path, body)
+    with pytest.raises(TaskSpecError) as err:
+        load_task(path, formats=FORMATS)
+    assert str(path) in str(err.value)
+    assert f"'{field}" in str(err.value)
+
+
+def test_bad_yaml_and_unknown_task_name_the_file(tmp_path):
+    path = write(tmp_path, "name: [unclosed\n")
+    with pytest.raises(TaskSpecError, match="mytask.yaml: not valid YAML"):
+        load_task(path)
+    write(tmp_path, GOOD)
+    with pytest.raises(TaskSpecError, match="unknown task 'nope'.*known tasks: mytask"):
+        load_tasks(tmp_path, ["nope"])
+    write(tmp_path, GOOD, name="other")
+    with pytest.raises(TaskSpecError, match="other.yaml: field 'name'"):
+        load_tasks(tmp_path, ["other"])
+
+
+def test_shipped_specs_load():
+    specs = load_tasks(REPO / "tasks", formats=FORMATS)
+    assert {"caption", "detection"} <= set(specs)
+    for spec in specs.values():
+        assert spec.source.endswith(f"{spec.name}.yaml")
+
+
+def test_boxes_round_trip_through_tokens(codec):
+    record = make_scene(WorldConfig(seed=1), 4)
+    ctx = FormatContext(codec, Target(format="boxes", field="objects", label="category"), 64, 64)
+    fmt = FORMATS.get("boxes")()
+    ids, weights = fmt.encode(record["objects"], ctx, None)
+    assert len(ids) == len(weights)
+    parsed = fmt.decode(ids, ctx).boxes
+    assert [b.label for b in parsed] == [o["category"] for o in record["objects"]]
+    for b, o in zip(parsed, record["objects"]):
+        assert np.allclose(b.xyxy, o["box"], atol=64 / 126 + 1e-6)
+
+
+def test_text_label_region_round_trip(codec):
+    for fmt_name, target, value, check in [
+        ("text", Target(format="text", field="x"), "a red circle.", lambda o: o.text == "a red circle."),
+        ("label", Target(format="label", field="x", choices=["circle", "cross"]), "cross", lambda o: o.label == "cross"),
+        ("region", Target(format="region", field="x"), [4, 8, 30, 60], lambda o: abs(o.box.x1 - 30) < 0.6),
+    ]:
+        ctx = FormatContext(codec, target, 64, 64)
+        fmt = FORMATS.get(fmt_name)()
+        ids, _ = fmt.encode(value, ctx, None)
+        assert check(fmt.decode(ids, ctx)), fmt_name
+
+
+def test_example_builder_builds_prompt_images_and_target(codec):
+    spec = load_task(REPO / "tasks" / "detection.yaml", formats=FORMATS)
+    b = ExampleBuilder(spec, codec, image_size=32, max_prompt_len=32)
+    record = make_scene(WorldConfig(seed=2, size=48), 0)
+    e = b.build(record)
+    assert e.images.shape == (1, 3, 32, 32) and (e.width, e.height) == (48, 48)
+    assert codec.decode_text(e.prompt) == spec.prompt[0]
+    assert e.target[-1] == 1  # eos
+    assert len(e.reference.boxes) == len(record["objects"])
+    short = ExampleBuilder(spec, codec, image_size=32, max_prompt_len=2)
+    with pytest.raises(ValueError, match="exceeds the model's max_prompt_len=2"):
+        short.build(record)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_model_outputs_always_parse_in_a_mixed_batch(codec, seed):
+    """Under random weights every row follows its own task's grammar, so every output parses."""
+    from unitok.inference.predictor import Predictor
+    from unitok.tasks.spec import TaskSpec
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=codec.vocab.size, d_model=32, n_heads=2, enc_layers=1, dec_layers=1, image_size=32,
+                      expert_ranges=codec.vocab.expert_ranges(("text", "vision")))
+    model = UniTokModel(cfg)
+    tasks = load_tasks(REPO / "tasks", ["caption", "detection"], formats=FORMATS)
+    tasks["shape"] = TaskSpec(name="shape", data="world", prompt=["which shape?"], inputs={"image": "image"},
+                              target=Target(format="label", field="x", choices=["circle", "square", "cross"]), metric="accuracy")
+    tasks["where"] = TaskSpec(name="where", data="world", prompt=["where?"], inputs={"image": "image"},
+                              target=Target(format="region", field="x"), metric="grounding_acc@0.5")
+    pred = Predictor(model, codec, tasks, bf16=False)
+    records = [make_scene(WorldConfig(seed=seed), i) for i in range(8)]
+    names = ["caption", "detection", "shape", "where"]
+    examples = [pred.builders[names[i % 4]].build(r, with_target=False) for i, r in enumerate(records)]
+    for e, p in zip(examples, pred.predict(examples, max_tokens=30)):
+        if e.task == "shape":
+            assert p.output.label in ("circle", "square", "cross") and p.finished
+        elif e.task == "where":
+            assert len(p.tokens) == 4 and all(codec.is_coord(t) for t in p.tokens) and p.finished
+        elif e.task == "detection":
+            for box in p.output.boxes:
+                assert 0 <= box.x0 <= box.x1 <= 64 and 0 <= box.y0 <= box.y1 <= 64 and box.label
+        else:
+            assert all(codec.is_text(t) for t in p.tokens)

@@ -1,0 +1,183 @@
+"""The Pipeline: a prompt (+ images) in, a typed result out.
+
+    pipe = Pipeline.from_pretrained()                    # the shipped checkpoint
+    pipe("describe the image.", image="scene.png")      # -> Text
+    pipe("detect the shapes.", image=img).boxes         # -> Boxes, pixel xyxy of the input image
+
+A free prompt is routed to the task whose prompt template it matches (as Unified-IO's prompts
+are): templates become patterns whose ``{placeholders}`` capture the user's words, so
+``question: what colour is the circle?`` fills ``{question}``. ``task=`` forces a task. A ``{region}``
+placeholder takes the box from ``region=[x0, y0, x1, y1]`` or, failing that, from four numbers in
+the prompt (``what is in [10, 12, 30, 40]?``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..checkpoint import load_checkpoint
+from ..modalities.image import load_image
+from ..tasks.examples import Example, ExampleError
+from .predictor import Predictor
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
+
+
+class UnknownPromptError(ValueError):
+    """No task's prompt templates match the prompt."""
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
+
+
+def _parse_region(text: str) -> list[float] | None:
+    """Four numbers written in a prompt (``[10, 12, 30, 40]``, ``10 12 30 40``) as a box, else None."""
+    numbers = re.findall(_NUMBER, text)
+    if len(numbers) != 4 or re.sub(_NUMBER, "", text).strip(" ,()[]") != "":
+        return None
+    return [float(v) for v in numbers]
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" .?!")
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(_normalise(template)):
+        parts.append(re.escape(literal).replace(r"\ ", r"\s+"))
+        if name:
+            parts.append(f"(?P<{name}>.+?)")
+    return re.compile("^" + "".join(parts) + "$")
+
+
+@dataclass
+class Route:
+    task: str
+    fields: dict[str, str]
+
+
+class Pipeline:
+    def __init__(self, predictor: Predictor, source: str = ""):
+        self.predictor = predictor
+        self.source = source
+        # Most specific first: a template with more literal text wins over one that is mostly placeholder.
+        templates = [(name, t) for name, spec in predictor.tasks.items() for t in spec.prompt]
+        templates.sort(key=lambda nt: -sum(len(lit) for lit, _, _, _ in string.Formatter().parse(nt[1])))
+        self._patterns = [(name, _template_pattern(t)) for name, t in templates]
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, *, device: str = "cpu", bf16: bool | str = "auto") -> "Pipeline":
+        path = Path(path) if path else DEFAULT_CHECKPOINT
+        if not path.exists():
+            hint = " (the shipped default; train one with `unitok train` and pass its checkpoint/)" if path == DEFAULT_CHECKPOINT else ""
+            raise FileNotFoundError(f"no checkpoint at {path}{hint}")
+        ckpt = load_checkpoint(path, device=device)
+        torch.set_grad_enabled(False)
+        return cls(Predictor(ckpt.model, ckpt.codec, ckpt.tasks, bf16=bf16, device=device), str(path))
+
+    @property
+    def tasks(self) -> dict:
+        return self.predictor.tasks
+
+    def route(self, prompt: str) -> Route:
+        norm = _normalise(prompt)
+        for name, pattern in self._patterns:
+            m = pattern.match(norm)
+            if m:
+                return Route(name, {k: v.strip() for k, v in m.groupdict().items()})
+        examples = "; ".join(f"{n}: {s.prompt[0]!r}" for n, s in self.tasks.items())
+        raise UnknownPromptError(f"no task matches the prompt {prompt!r}. Use one of the task prompts "
+                                 f"({examples}) or pass task=NAME.")
+
+    def example(self, prompt: str | None = None, *, image=None, image2=None, video=None, region=None,
+                task: str | None = None, **fields) -> Example:
+        if task is not None:
+            if task not in self.tasks:
+                raise UnknownPromptError(f"unknown task {task!r}; this checkpoint has: {', '.join(self.tasks)}")
+            route = Route(task, {})
+            if prompt:
+                m = [p.match(_normalise(prompt)) for n, p in self._patterns if n == task]
+                route.fields = next(({k: v.strip() for k, v in x.groupdict().items()} for x in m if x), {})
+        else:
+            if not prompt:
+                raise UnknownPromptError("give a prompt or task=NAME")
+            route = self.route(prompt)
+        spec = self.tasks[route.task]
+        record: dict = {**route.fields, **fields}
+        if spec.inputs.region and region is None and "region" in route.fields:
+            region = _parse_region(route.fields["region"])
+        missing = sorted(spec.placeholders() - {"region"} - set(record))
+        if missing:
+            prompts = ", ".join(repr(t) for t in spec.prompt)
+            got = f"the prompt {prompt!r} does not fit it" if prompt else "no prompt was given"
+            raise UnknownPromptError(f"task {route.task} needs {', '.join(missing)} in its prompt and {got}; "
+                                     f"write it as one of: {prompts}")
+        size = None
+        for slot, value in (("image", image), ("image2", image2)):
+            key = getattr(spec.inputs, slot)
+            if key:
+                if value is None:
+                    raise ValueError(f"task {route.task} needs {slot}=...")
+                img = load_image(_read(value), what=slot)
+                record[key] = img
+                size = size or img.size
+        if spec.inputs.video:
+            if not video:
+                raise ValueError(f"task {route.task} needs video=[frames...]")
+            frames = [load_image(_read(f), what=f"video frame {i}") for i, f in enumerate(video)]
+            record[spec.inputs.video] = frames
+            size = size or frames[0].size
+        if spec.inputs.region:
+            if region is None:
+                raise ValueError(f"task {route.task} needs a region: region=[x0, y0, x1, y1] in pixels, "
+                                 "or four numbers in the prompt")
+            try:
+                box = [float(v) for v in region]
+            except (TypeError, ValueError):
+                box = []
+            if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
+                raise ValueError(f"region must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1, got {region!r}")
+            record[spec.inputs.region] = box
+        # Checked here, not left to the model, so a server batching requests fails only this one.
+        slots = bool(spec.inputs.image) + bool(spec.inputs.image2) + len(video or []) * bool(spec.inputs.video)
+        most = self.predictor.model.cfg.max_images
+        if slots > most:
+            raise ValueError(f"task {route.task}: {slots} images/frames given; this model takes at most {most}")
+        record["width"], record["height"] = size if size else (1, 1)
+        builder = self.predictor.builders[route.task]
+        try:
+            example = builder.build(record, with_target=False)
+        except ExampleError as e:
+            raise ValueError(str(e)) from None
+        if spec.inputs.region:
+            example.extra["region"] = record[spec.inputs.region]  # for drawing the region the answer is about
+        return example
+
+    def __call__(self, prompt: str | None = None, **kwargs):
+        return self.batch([{"prompt": prompt, **kwargs}])[0]
+
+    def batch(self, requests: list[dict]) -> list:
+        """Run requests of any mix of tasks in one generation batch; returns their outputs in order."""
+        return self.run([self.example(**r) for r in requests])
+
+    def run(self, examples: list[Example]) -> list:
+        """Outputs of already built examples (``example(...)``), in one generation batch. Lets a server
+        build each request on its own, so one bad request fails alone, then batch the good ones."""
+        return [p.output for p in self.predictor.predict(examples)]
+
+
+def _read(value):
+    if isinstance(value, (str, os.PathLike)):
+        try:
+            return Path(value).read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read image file {value}: {e.strerror}") from None
+    return value

@@ -1,0 +1,179 @@
+"""Transformer layers: attention with QK-norm and a KV cache, Multiway FFN experts, blocks.
+
+Shape letters: B batch, T target (decoder) length, S source (encoder) length, H heads,
+D model width, Dh head width, E experts.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class KVCache:
+    """Per-layer decoder state: growing self-attention K/V and cross-attention K/V computed once."""
+
+    def __init__(self, batch: int, max_len: int, n_heads: int, head_dim: int, dtype: torch.dtype, device):
+        shape = (batch, n_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+        self.cross: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        end = self.length + t
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search keeps the surviving hypotheses)."""
+        self.k = self.k.index_select(0, index)
+        self.v = self.v.index_select(0, index)
+        if self.cross is not None:
+            self.cross = (self.cross[0].index_select(0, index), self.cross[1].index_select(0, index))
+
+
+class Attention(nn.Module):
+    """Multi-head attention, pre-projection QK-norm (ViT-22B) so logits stay tame in bf16."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.q = nn.Linear(d, d, bias=False)
+        self.kv = nn.Linear(d, 2 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+        self.q_norm = nn.RMSNorm(cfg.head_dim)
+        self.k_norm = nn.RMSNorm(cfg.head_dim)
+        self.dropout = cfg.dropout
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, H, L, Dh)
+        b, n, _ = x.shape
+        return x.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv(src).chunk(2, dim=-1)
+        return self.k_norm(self._heads(k)), self._heads(v)
+
+    def forward(self, x: torch.Tensor, src: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
+                causal: bool = False, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """x: (B, T, D) queries; src: (B, S, D) keys/values source (None: self-attention);
+        mask: (B, 1, 1, S) bool, True = may attend; kv: precomputed (k, v) for src."""
+        q = self.q_norm(self._heads(self.q(x)))
+        if kv is None:
+            kv = self.project_kv(x if src is None else src)
+        k, v = kv
+        if cache is not None:
+            first = cache.length == 0
+            k, v = cache.append(k, v)
+            # A multi-token prefill starts at 0 and is causal; later single-token steps see all keys.
+            causal = causal and first and q.shape[2] > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        b, h, t, dh = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, h * dh))
+
+    def step(self, x: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor,
+             mask: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention for one new token per row over fixed-size cache buffers.
+
+        x: (B, 1, D); k_buf, v_buf: (B, H, T, Dh), written in place at ``pos`` (a (1,) long tensor);
+        mask: (1, 1, 1, T) bool, True up to ``pos``. Shapes do not change from step to step, so a
+        compiled step is traced once per batch shape instead of once per position."""
+        q = self.q_norm(self._heads(self.q(x)))
+        k, v = self.project_kv(x)
+        k_buf.index_copy_(2, pos, k)
+        v_buf.index_copy_(2, pos, v)
+        y = F.scaled_dot_product_attention(q, k_buf, v_buf, attn_mask=mask)  # (B, H, 1, Dh)
+        return self.out(y.transpose(1, 2).reshape(x.shape))
+
+
+class FFN(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = int(cfg.d_model * cfg.ffn_mult)
+        self.up = nn.Linear(cfg.d_model, hidden, bias=False)
+        self.down = nn.Linear(hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class MultiwayFFN(nn.Module):
+    """VLMo/BEiT-3 Multiway FFN: one expert per modality; each token goes to its modality's expert.
+
+    Attention is shared across modalities; only the FFN is split, which is what lets one model
+    keep modality-specific features while fusing them in attention.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_experts: int):
+        super().__init__()
+        self.experts = nn.ModuleList(FFN(cfg) for _ in range(n_experts))
+
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D); expert_ids: (B, L) long in [0, E)."""
+        if len(self.experts) == 1:
+            return self.experts[0](x)
+        flat, ids = x.reshape(-1, x.shape[-1]), expert_ids.reshape(-1)
+        out = torch.empty_like(flat)
+        for e, expert in enumerate(self.experts):
+            sel = (ids == e).nonzero(as_tuple=True)[0]
+            if sel.numel():
+                out.index_copy_(0, sel, expert(flat.index_select(0, sel)).to(out.dtype))
+        return out.view_as(x)
+
+    def step(self, x: torch.Tensor, expert_ids: torch.Tensor, present: tuple[int, ...]) -> torch.Tensor:
+        """Routing without data-dependent shapes (for a compiled decoding step): ``present`` names the
+        experts the rows use, known to the caller; one expert runs alone, several run densely and mix."""
+        if len(self.experts) == 1:
+            return self.experts[0](x)
+        if len(present) == 1:
+            return self.experts[present[0]](x)
+        out = torch.zeros_like(x)
+        for e in present:
+            out = torch.where((expert_ids == e)[..., None], self.experts[e](x), out)
+        return out
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_experts: int):
+        super().__init__()
+        self.norm1, self.attn = nn.RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm2, self.ffn = nn.RMSNorm(cfg.d_model), MultiwayFFN(cfg, n_experts)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask=mask)
+        return x + self.ffn(self.norm2(x), expert_ids)
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_experts: int):
+        super().__init__()
+        self.norm1, self.self_attn = nn.RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm2, self.cross_attn = nn.RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm3, self.ffn = nn.RMSNorm(cfg.d_model), MultiwayFFN(cfg, n_experts)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, expert_ids: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), causal=True, cache=cache)
+        kv = None
+        if cache is not None:
+            if cache.cross is None:  # cross-attention K/V depend only on the input: compute once
+                cache.cross = self.cross_attn.project_kv(memory)
+            kv = cache.cross
+        x = x + self.cross_attn(self.norm2(x), memory, mask=memory_mask, kv=kv)
+        return x + self.ffn(self.norm3(x), expert_ids)
+
+    def step(self, x: torch.Tensor, pos: torch.Tensor, self_mask: torch.Tensor, k_buf: torch.Tensor,
+             v_buf: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
+             expert_ids: torch.Tensor, present: tuple[int, ...]) -> torch.Tensor:
+        """One decoding step (x: (B, 1, D)) over fixed-size buffers; the same math as ``forward``."""
+        x = x + self.self_attn.step(self.norm1(x), k_buf, v_buf, pos, self_mask)
+        x = x + self.cross_attn(self.norm2(x), mask=memory_mask, kv=cross_kv)
+        return x + self.ffn.step(self.norm3(x), expert_ids, present)

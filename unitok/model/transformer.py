@@ -1,0 +1,215 @@
+"""The UniTok encoder-decoder.
+
+Encoder input = [patches of image slot 0 | slot 1 | ... | prompt tokens]: images enter as ViT patch
+embeddings (continuous, not codes), each slot with its own learned slot embedding (a second image,
+or video frames in time order), and the prompt as embeddings of the unified vocabulary.
+The decoder is causal, cross-attends to the encoder, and predicts ids of the same vocabulary
+(embedding shared with the encoder and tied to the output head, as in OFA/T5).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import ModelConfig
+from .layers import DecoderBlock, EncoderBlock, KVCache
+
+TEXT_EXPERT, VISION_EXPERT = 0, 1
+
+
+def sincos_1d(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) sin-cos code of positions 0..n-1 with wavelengths from 4 to 2n: nearby positions get
+    similar codes, far ones dissimilar."""
+    half = dim // 2
+    freq = (math.pi / 2) * (2.0 / n) ** (torch.arange(half, dtype=torch.float32) / max(1, half - 1))
+    ang = torch.arange(n, dtype=torch.float32)[:, None] * freq[None, :]
+    return F.pad(torch.cat([ang.sin(), ang.cos()], 1), (0, dim - 2 * half))
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(1, grid*grid, dim) fixed 2-D sin-cos position code: half the channels for y, half for x."""
+    quarter = dim // 4
+    freq = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    pos = torch.arange(grid, dtype=torch.float32)
+    ang = pos[:, None] * freq[None, :]  # (grid, quarter)
+    one = torch.cat([ang.sin(), ang.cos()], 1)  # (grid, dim/2)
+    y, x = one[:, None, :].expand(grid, grid, -1), one[None, :, :].expand(grid, grid, -1)
+    code = torch.cat([y, x], -1).reshape(grid * grid, -1)
+    return F.pad(code, (0, dim - code.shape[1]))[None]
+
+
+class PatchStem(nn.Module):
+    """ViT patch embedding: (B, 3, H, W) -> (B, D, H/p, W/p).
+
+    ``linear`` is the plain ViT projection of each p x p patch; ``conv`` reaches the same patch grid
+    through stride-2 3x3 convolutions ("Early convolutions help transformers see better", Xiao et
+    al. 2021), which trains faster and localises better when the encoder starts from scratch.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, p = cfg.d_model, cfg.patch_size
+        if cfg.patch_stem == "linear":
+            self.net = nn.Conv2d(3, d, kernel_size=p, stride=p)
+            return
+        layers, ch = [], 3
+        for i in range(int(math.log2(p))):
+            out = max(32, d // 2 ** (int(math.log2(p)) - 1 - i)) if i < int(math.log2(p)) - 1 else d
+            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), nn.GELU()]
+            ch = out
+        self.net = nn.Sequential(*layers[:-1])  # no activation after the last projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class UniTokModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set from the vocabulary before building the model")
+        self.cfg = cfg
+        d = cfg.d_model
+        n_experts = len(cfg.experts) if cfg.multiway else 1
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.patch_embed = PatchStem(cfg)
+        grid = cfg.image_size // cfg.patch_size
+        # Fixed 2-D sin-cos positions plus a learned residual: from-scratch ViTs localise far
+        # sooner with a fixed spatial prior (MAE/ViT-22B use sin-cos too).
+        self.register_buffer("patch_sincos", sincos_2d(grid, d), persistent=False)
+        self.patch_pos = nn.Parameter(torch.zeros(1, cfg.num_patches, d))
+        self.slot_embed = nn.Embedding(cfg.max_images, d)
+        self.prompt_pos = nn.Embedding(cfg.max_prompt_len, d)
+        self.target_pos = nn.Embedding(cfg.max_target_len, d)
+        n_shared = cfg.shared_expert_layers if cfg.multiway else 0
+        self.encoder = nn.ModuleList(
+            EncoderBlock(cfg, 1 if i >= cfg.enc_layers - n_shared else n_experts) for i in range(cfg.enc_layers))
+        self.enc_norm = nn.RMSNorm(d)
+        self.decoder = nn.ModuleList(DecoderBlock(cfg, n_experts) for _ in range(cfg.dec_layers))
+        self.dec_norm = nn.RMSNorm(d)
+        token_expert = torch.zeros(cfg.vocab_size, dtype=torch.long)
+        if cfg.multiway:
+            for start, end, expert in cfg.expert_ranges:
+                token_expert[start:end] = expert
+        self.register_buffer("token_expert", token_expert, persistent=False)
+        self.apply(self._init)
+        nn.init.normal_(self.patch_pos, std=0.02)
+        if cfg.coord_range:
+            start, end = cfg.coord_range
+            with torch.no_grad():  # ordinal prior: 1-D sin-cos code of the bin, at the embedding's scale
+                code = sincos_1d(end - start, d)
+                self.embed.weight[start:end] = code * (0.02 / code.std())
+        for name, p in self.named_parameters():  # GPT-2 style: scale residual output projections by depth
+            if name.endswith(("out.weight", "down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * (cfg.enc_layers + cfg.dec_layers)))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---------------------------------------------------------------- encoder
+    def encode(self, prompt: torch.Tensor, prompt_mask: torch.Tensor, images: torch.Tensor | None = None,
+               image_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompt: (B, L) ids, prompt_mask: (B, L) bool; images: (B, N, 3, H, W) float, image_mask: (B, N) bool.
+        Returns memory (B, S, D) and its mask (B, S) with S = N * patches + L."""
+        cfg = self.cfg
+        b, length = prompt.shape
+        if length > cfg.max_prompt_len:
+            raise ValueError(f"prompt has {length} tokens; this model takes at most {cfg.max_prompt_len} (model.max_prompt_len)")
+        parts, masks, experts = [], [], []
+        if images is not None and images.shape[1] > 0:
+            n = images.shape[1]
+            if image_mask is None:
+                image_mask = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
+            if n > cfg.max_images:
+                raise ValueError(f"{n} images given; this model takes at most {cfg.max_images} (model.max_images)")
+            if images.shape[-2:] != (cfg.image_size, cfg.image_size):
+                raise ValueError(f"images must be {cfg.image_size}x{cfg.image_size} (model.image_size) after preprocessing, got {tuple(images.shape[-2:])}")
+            x = self.patch_embed(rearrange(images, "b n c h w -> (b n) c h w"))  # (B*N, D, h, w)
+            x = rearrange(x, "(b n) d h w -> b n (h w) d", b=b) + (self.patch_sincos + self.patch_pos).unsqueeze(1)
+            x = x + self.slot_embed.weight[:n][None, :, None, :]
+            parts.append(rearrange(x, "b n p d -> b (n p) d"))
+            masks.append(image_mask.repeat_interleave(cfg.num_patches, dim=1))
+            experts.append(torch.full(masks[-1].shape, VISION_EXPERT, dtype=torch.long, device=prompt.device))
+        parts.append(self.embed(prompt) + self.prompt_pos.weight[:length])
+        masks.append(prompt_mask)
+        experts.append(torch.full(prompt.shape, TEXT_EXPERT, dtype=torch.long, device=prompt.device))
+        x, mask, expert_ids = torch.cat(parts, 1), torch.cat(masks, 1), torch.cat(experts, 1)
+        attn_mask = mask[:, None, None, :]
+        for block in self.encoder:
+            x = block(x, attn_mask, expert_ids)
+        return self.enc_norm(x), mask
+
+    # ---------------------------------------------------------------- decoder
+    def decode(self, target_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+               caches: list[KVCache] | None = None) -> torch.Tensor:
+        """target_in: (B, T) ids (bos + target[:-1] in training; the last token when cached).
+        Returns logits (B, T, V)."""
+        start = caches[0].length if caches else 0
+        t = target_in.shape[1]
+        if start + t > self.cfg.max_target_len:
+            raise ValueError(f"target of {start + t} tokens exceeds model.max_target_len={self.cfg.max_target_len}")
+        x = self.embed(target_in) + self.target_pos.weight[start:start + t]
+        expert_ids = self.token_expert[target_in]
+        attn_mask = memory_mask[:, None, None, :]
+        for i, block in enumerate(self.decoder):
+            x = block(x, memory, attn_mask, expert_ids, cache=caches[i] if caches else None)
+        return F.linear(self.dec_norm(x), self.embed.weight)
+
+    def new_caches(self, batch: int, max_len: int, dtype: torch.dtype, device) -> list[KVCache]:
+        return [KVCache(batch, max_len, self.cfg.n_heads, self.cfg.head_dim, dtype, device) for _ in self.decoder]
+
+    # ---------------------------------------------------------------- one token at a time
+    def start_caches(self, memory: torch.Tensor, max_len: int) -> list[KVCache]:
+        """Caches for ``decode_step``: ``max_len`` self-attention positions, cross-attention K/V of
+        ``memory`` (B, S, D) computed here once."""
+        caches = self.new_caches(memory.shape[0], max_len, memory.dtype, memory.device)
+        for block, cache in zip(self.decoder, caches):
+            cache.cross = block.cross_attn.project_kv(memory)
+        return caches
+
+    def decode_step(self, tokens: torch.Tensor, caches: list[KVCache], memory_mask: torch.Tensor, *,
+                    compiled: bool = False) -> torch.Tensor:
+        """tokens: (B,) each row's latest token. Returns logits (B, V) for the next position.
+
+        The same function as ``decode`` with caches, with the per-token overhead cut: the self-attention
+        buffers keep one shape for the whole generation and routing needs no data-dependent shapes,
+        so ``compiled=True`` (``torch.compile``) traces it once per batch shape."""
+        pos = caches[0].length
+        if pos >= min(caches[0].k.shape[2], self.cfg.max_target_len):
+            raise ValueError(f"decoding step {pos} is past the cache ({caches[0].k.shape[2]}) or "
+                             f"model.max_target_len={self.cfg.max_target_len}")
+        expert_ids = self.token_expert[tokens]
+        present = tuple(torch.unique(expert_ids).tolist()) if self.cfg.multiway else (0,)
+        fn = self._step
+        if compiled:
+            if getattr(self, "_compiled_step", None) is None:
+                self._compiled_step = torch.compile(self._step, dynamic=False)
+            fn = self._compiled_step
+        logits = fn(tokens, torch.tensor([pos], device=tokens.device), expert_ids, present,
+                    [c.k for c in caches], [c.v for c in caches], [c.cross for c in caches], memory_mask)
+        for c in caches:
+            c.length = pos + 1
+        return logits
+
+    def _step(self, tokens, pos, expert_ids, present, k_bufs, v_bufs, cross, memory_mask) -> torch.Tensor:
+        x = (self.embed(tokens) + self.target_pos(pos))[:, None]  # (B, 1, D)
+        self_mask = (torch.arange(k_bufs[0].shape[2], device=tokens.device) <= pos).view(1, 1, 1, -1)
+        attn_mask, expert_ids = memory_mask[:, None, None, :], expert_ids[:, None]
+        for block, k_buf, v_buf, kv in zip(self.decoder, k_bufs, v_bufs, cross):
+            x = block.step(x, pos, self_mask, k_buf, v_buf, kv, attn_mask, expert_ids, present)
+        return F.linear(self.dec_norm(x[:, 0]), self.embed.weight)
+
+    def forward(self, prompt, prompt_mask, target_in, images=None, image_mask=None) -> torch.Tensor:
+        memory, memory_mask = self.encode(prompt, prompt_mask, images, image_mask)
+        return self.decode(target_in, memory, memory_mask)

@@ -1,0 +1,183 @@
+"""Recipes: the steps a user runs, composed from the layers (used by the CLI, app and tests).
+
+    prepare_data(run)           build the world stores the run's tasks read, where missing
+    train_text_tokenizer(run)   SentencePiece on the world's text + the task prompts
+    build_codec(run)            the unified vocabulary and its tokenizers
+    train(run, out)             the Trainer over the run's task mixture, evaluating at the end
+    evaluate_checkpoint(path)   a checkpoint's tasks on their eval split, with their metrics
+"""
+from __future__ import annotations
+
+import logging
+import string
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .checkpoint import load_checkpoint
+from .config import RunConfig
+from .data.store import RecordStore, StoreWriter
+from .data.world import KINDS, WorldConfig, iter_world, meta_for
+from .modalities.codec import Codec
+from .runtime import use_bf16
+from .modalities.text import TextTokenizer
+from .modalities.vqvae import load_tokenizer
+from .tasks.formats import FORMATS, resolve_choices
+from .tasks.spec import TaskSpec, TaskSpecError, load_tasks
+
+log = logging.getLogger(__name__)
+
+
+def store_path(run: RunConfig, dataset: str, split: str) -> Path:
+    return Path(run.data.root) / dataset / split
+
+
+def build_world_store(kind: str, split: str, n: int, out: str | Path, *, seed: int = 0, size: int = 64) -> Path:
+    cfg = WorldConfig(seed=seed, size=size)
+    with StoreWriter(out, meta_for(kind, cfg, split)) as w:
+        w.extend(iter_world(cfg, n, split, kind=kind))
+    return Path(out)
+
+
+def check_metric(spec: TaskSpec) -> None:
+    """The spec's metric must name a registered evaluator (checked here: tasks never import eval)."""
+    from .eval import build_evaluator
+
+    try:
+        build_evaluator(spec.metric)
+    except (KeyError, ValueError, TypeError) as e:
+        raise TaskSpecError(f"{spec.source}: field 'metric': {e.args[0] if e.args else e}") from None
+
+
+def load_run_tasks(run: RunConfig) -> dict[str, TaskSpec]:
+    tasks = load_tasks(run.tasks.dir, run.tasks.names, formats=FORMATS)
+    for spec in tasks.values():
+        check_metric(spec)
+    return tasks
+
+
+def prepare_data(run: RunConfig, tasks: dict[str, TaskSpec], splits: Iterable[str] = ("train", "val")) -> None:
+    """Build the world stores the tasks read (``data: world*``) when they are missing."""
+    world = run.data.world
+    for dataset in sorted({t.data for t in tasks.values()}):
+        for split in splits:
+            path = store_path(run, dataset, split)
+            if (path / "data.mdb").exists():
+                continue
+            if dataset not in KINDS:
+                raise FileNotFoundError(f"{path}: no store for dataset {dataset!r}; import it with `unitok data import`")
+            n = getattr(world, split)
+            log.info("building %s/%s: %d records", dataset, split, n)
+            build_world_store(dataset, split, n, path, seed=world.seed, size=world.size)
+
+
+def open_stores(run: RunConfig, tasks: dict[str, TaskSpec], which: str) -> dict[str, RecordStore]:
+    """{task: store of its ``splits.train`` or ``splits.eval`` split}."""
+    return {name: RecordStore(store_path(run, spec.data, getattr(spec.splits, which))) for name, spec in tasks.items()}
+
+
+def with_resolved_choices(tasks: dict[str, TaskSpec], stores: dict[str, RecordStore]) -> dict[str, TaskSpec]:
+    """Replace ``choices: meta:KEY`` by the list from the store, so a checkpoint needs no store."""
+    out = {}
+    for name, spec in tasks.items():
+        if isinstance(spec.target.choices, str):
+            choices = resolve_choices(spec.target, stores[name].meta)
+            spec = spec.model_copy(update={"target": spec.target.model_copy(update={"choices": choices})})
+        out[name] = spec
+    return out
+
+
+def _strings(value) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k not in ("id",):
+                yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def text_corpus(stores: Iterable[RecordStore], tasks: Iterable[TaskSpec]) -> Iterator[str]:
+    """Every string field of every record, the store metadata (labels, answers), and prompt templates."""
+    for spec in tasks:
+        for template in spec.prompt:
+            yield "".join(lit for lit, _, _, _ in string.Formatter().parse(template))
+    for store in stores:
+        yield from _strings({k: v for k, v in store.meta.items() if k != "provenance"})
+        for record in store:
+            yield from _strings(record)
+
+
+def train_text_tokenizer(run: RunConfig, *, vocab_size: int = 1000) -> TextTokenizer:
+    tasks = load_run_tasks(run)
+    prepare_data(run, tasks, splits=("train",))
+    stores = {str(store_path(run, t.data, t.splits.train)) for t in tasks.values()}
+    corpus = list(text_corpus([RecordStore(p) for p in sorted(stores)], tasks.values()))
+    log.info("training SentencePiece on %d strings -> %s", len(corpus), run.tokenizers.text)
+    return TextTokenizer.train(corpus, run.tokenizers.text, vocab_size=vocab_size)
+
+
+def build_codec(run: RunConfig) -> Codec:
+    text = TextTokenizer.from_file(run.tokenizers.text)
+    vq = {name: load_tokenizer(getattr(run.tokenizers, name)) for name in ("image", "dense")
+          if getattr(run.tokenizers, name)}
+    return Codec.build(text, run.tokenizers.coord_bins, **vq)
+
+
+def train(run: RunConfig, out: str | Path, *, steps: int | None = None, resume: bool = True,
+          eval_examples: int | None = None, device: str = "cpu"):
+    """Train the run's task mixture; returns (trainer, final eval results)."""
+    from .inference.evaluate import evaluate_tasks
+    from .inference.predictor import Predictor
+    from .tasks.examples import ExampleBuilder
+    from .train.data import TaskSource
+    from .train.trainer import Trainer
+
+    tasks = load_run_tasks(run)
+    prepare_data(run, tasks)
+    if not Path(run.tokenizers.text).exists():
+        train_text_tokenizer(run)
+    codec = build_codec(run)
+    train_stores = open_stores(run, tasks, "train")
+    tasks = with_resolved_choices(tasks, train_stores)
+    model_cfg = run.model_settings()
+    sources = [TaskSource(ExampleBuilder(spec, codec, image_size=model_cfg.image_size,
+                                         max_prompt_len=model_cfg.max_prompt_len, meta=train_stores[name].meta),
+                          train_stores[name]) for name, spec in tasks.items()]
+    eval_stores = open_stores(run, tasks, "eval")
+    n_eval = eval_examples or run.train.eval_examples
+
+    def evaluate(model, step):
+        predictor = Predictor(model, codec, tasks, bf16=use_bf16(run.train.bf16, device), device=device)
+        return evaluate_tasks(predictor, eval_stores, max_examples=n_eval, progress=False)
+
+    trainer = Trainer(run, out, codec, tasks, sources, evaluate=evaluate, resume=resume, device=device)
+    results = trainer.fit(steps)
+    return trainer, results
+
+
+def evaluate_checkpoint(path: str | Path, run: RunConfig | None = None, *, tasks: list[str] | None = None,
+                        split: str | None = None, max_examples: int | None = None, data_root: str | None = None,
+                        batch_size: int = 32) -> dict[str, dict[str, float]]:
+    from .inference.evaluate import evaluate_tasks
+    from .inference.predictor import Predictor
+
+    ckpt = load_checkpoint(path)
+    run = run or ckpt.run
+    chosen = {n: s for n, s in ckpt.tasks.items() if tasks is None or n in tasks}
+    unknown = set(tasks or []) - set(ckpt.tasks)
+    if unknown:
+        raise KeyError(f"checkpoint {path} has no task(s) {sorted(unknown)}; it has: {', '.join(ckpt.tasks)}")
+    root = Path(data_root or (run.data.root if run else "data"))
+    stores = {}
+    for name, spec in chosen.items():
+        p = root / spec.data / (split or spec.splits.eval)
+        if not (p / "data.mdb").exists() and spec.data in KINDS and run is not None:
+            w = run.data.world
+            build_world_store(spec.data, split or spec.splits.eval, getattr(w, split or spec.splits.eval) or 200, p,
+                              seed=w.seed, size=w.size)
+        stores[name] = RecordStore(p)
+    predictor = Predictor(ckpt.model, ckpt.codec, chosen)
+    return evaluate_tasks(predictor, stores, max_examples=max_examples, batch_size=batch_size)
+

@@ -1,0 +1,183 @@
+"""From records to examples: a task spec applied to a record (and its ``each`` item).
+
+An ``Example`` holds prompt ids, input images, target ids (ending in eos) with per-token loss
+weights, and for evaluation the reference the metric compares against. ``collate`` pads a list
+of examples into the model's batch tensors.
+"""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modalities.codec import Codec
+from ..modalities.image import image_tensor, load_image
+from ..modalities.vocab import BOS, EOS, PAD
+from .formats import FORMATS, FormatContext, TargetFormat
+from .spec import TaskSpec
+
+_MISSING = object()
+
+
+class ExampleError(ValueError):
+    """A record lacks a field the task needs, or a prompt is too long."""
+
+
+def resolve(path: str, record: dict, item: Any = None) -> Any:
+    """Look ``path`` up in the ``each`` item first, then in the record; dots walk nested dicts."""
+    for scope in ((item, record) if isinstance(item, dict) else (record,)):
+        value = scope
+        for part in path.split("."):
+            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+            if value is _MISSING:
+                break
+        if value is not _MISSING:
+            return value
+    if path == "item" and item is not None:
+        return item
+    raise KeyError(path)
+
+
+@dataclass
+class Example:
+    task: str
+    prompt: list[int]
+    images: torch.Tensor | None  # (N, 3, S, S) or None
+    target: list[int]  # ends with eos
+    weights: list[float]
+    width: float
+    height: float
+    reference: Any = None
+    record_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class ExampleBuilder:
+    """Applies one task spec to records. Holds no store: it is cheap to pickle into workers."""
+
+    def __init__(self, spec: TaskSpec, codec: Codec, *, image_size: int, max_prompt_len: int, meta: dict | None = None):
+        self.spec, self.codec = spec, codec
+        self.image_size, self.max_prompt_len = image_size, max_prompt_len
+        self.meta = dict(meta or {})
+        self.format: TargetFormat = FORMATS.get(spec.target.format)()
+
+    def context(self, width: float = 1.0, height: float = 1.0) -> FormatContext:
+        return FormatContext(self.codec, self.spec.target, width, height, self.meta)
+
+    def items(self, record: dict) -> list[Any]:
+        """The ``each`` items of a record (a one-element list when the task has no ``each``)."""
+        if self.spec.each is None:
+            return [None]
+        try:
+            items = resolve(self.spec.each, record)
+        except KeyError:
+            raise ExampleError(f"task {self.spec.name}: record {record.get('id')!r} has no field {self.spec.each!r} (each)") from None
+        return list(items)
+
+    def _field(self, path: str, record: dict, item: Any, what: str) -> Any:
+        try:
+            return resolve(path, record, item)
+        except KeyError:
+            raise ExampleError(f"task {self.spec.name} ({self.spec.source}): record {record.get('id')!r} has no field {path!r} ({what})") from None
+
+    def prompt_ids(self, template: str, record: dict, item: Any, width: float, height: float) -> list[int]:
+        """Render a template: text segments through SentencePiece, ``{region}`` as 4 coordinate tokens."""
+        ids: list[int] = []
+        for literal, name, spec, conv in string.Formatter().parse(template):
+            text = literal
+            if name == "region" and self.spec.inputs.region:
+                box = self._field(self.spec.inputs.region, record, item, "inputs.region")
+                if text:
+                    ids += self.codec.encode_text(text)
+                ids += self.codec.encode_box(box, width, height)
+                continue
+            if name:
+                value = self._field(name, record, item, "prompt template")
+                text += format(value, spec) if spec else str(value)
+            if text:
+                ids += self.codec.encode_text(text)
+        if len(ids) > self.max_prompt_len:
+            raise ExampleError(f"task {self.spec.name}: prompt of {len(ids)} tokens exceeds the model's "
+                               f"max_prompt_len={self.max_prompt_len}: {template!r}")
+        return ids
+
+    def images(self, record: dict, item: Any) -> tuple[torch.Tensor | None, float, float]:
+        inputs, frames = self.spec.inputs, []
+        if inputs.image:
+            frames.append(self._field(inputs.image, record, item, "inputs.image"))
+        if inputs.image2:
+            frames.append(self._field(inputs.image2, record, item, "inputs.image2"))
+        if inputs.video:
+            frames.extend(self._field(inputs.video, record, item, "inputs.video"))
+        width, height = float(record.get("width", 1)), float(record.get("height", 1))
+        if not frames:
+            return None, width, height
+        pil = [load_image(f, what=f"record {record.get('id')!r} image") for f in frames]
+        return torch.stack([image_tensor(p, self.image_size) for p in pil]), float(pil[0].width), float(pil[0].height)
+
+    def build(self, record: dict, item: Any = None, *, rng: np.random.Generator | None = None,
+              with_target: bool = True) -> Example:
+        """``rng`` given: a training example (sampled prompt variant and target choices); else evaluation.
+        ``with_target=False``: inference on user input, where the record has no target field."""
+        images, width, height = self.images(record, item)
+        template = self.spec.prompt[int(rng.integers(len(self.spec.prompt)))] if rng is not None else self.spec.prompt[0]
+        prompt = self.prompt_ids(template, record, item, width, height)
+        if rng is not None and self.spec.prompt_dropout and rng.random() < self.spec.prompt_dropout:
+            prompt = []  # unconditional example for classifier-free guidance
+        if not with_target:
+            return Example(self.spec.name, prompt, images, [EOS], [1.0], width, height, None, str(record.get("id", "")))
+        value = self._field(self.spec.target.field, record, item, "target.field")
+        ctx = self.context(width, height)
+        target, weights = self.format.encode(value, ctx, rng)
+        reference = None
+        if rng is None:
+            reference = (self._field(self.spec.target.reference, record, item, "target.reference")
+                         if self.spec.target.reference else self.format.reference(value, ctx))
+        return Example(self.spec.name, prompt, images, target + [EOS], weights + [1.0], width, height,
+                       reference, str(record.get("id", "")))
+
+
+@dataclass
+class Batch:
+    prompt: torch.Tensor  # (B, L) long
+    prompt_mask: torch.Tensor  # (B, L) bool
+    images: torch.Tensor | None  # (B, N, 3, S, S)
+    image_mask: torch.Tensor | None  # (B, N) bool
+    target_in: torch.Tensor  # (B, T) long: bos + target[:-1]
+    target: torch.Tensor  # (B, T) long
+    weights: torch.Tensor  # (B, T) float; 0 on padding
+    tasks: list[str]  # task of each row (rows carry no per-example tensors: each would cost a
+    #                   shared-memory handle when a DataLoader worker sends the batch)
+
+
+def collate(examples: list[Example]) -> Batch:
+    b = len(examples)
+    L = max(1, max(len(e.prompt) for e in examples))
+    T = max(len(e.target) for e in examples)
+    prompt = torch.full((b, L), PAD, dtype=torch.long)
+    prompt_mask = torch.zeros((b, L), dtype=torch.bool)
+    target = torch.full((b, T), PAD, dtype=torch.long)
+    weights = torch.zeros((b, T))
+    for i, e in enumerate(examples):
+        if e.prompt:
+            prompt[i, :len(e.prompt)] = torch.tensor(e.prompt)
+            prompt_mask[i, :len(e.prompt)] = True
+        else:
+            prompt_mask[i, 0] = True  # an empty prompt still needs one key to attend to: a pad token
+        target[i, :len(e.target)] = torch.tensor(e.target)
+        weights[i, :len(e.weights)] = torch.tensor(e.weights)
+    target_in = torch.cat([torch.full((b, 1), BOS, dtype=torch.long), target[:, :-1]], 1)
+    n = max((0 if e.images is None else e.images.shape[0]) for e in examples)
+    images = image_mask = None
+    if n:
+        shape = next(e.images for e in examples if e.images is not None).shape[1:]
+        images = torch.zeros((b, n, *shape))
+        image_mask = torch.zeros((b, n), dtype=torch.bool)
+        for i, e in enumerate(examples):
+            if e.images is not None:
+                images[i, :e.images.shape[0]] = e.images
+                image_mask[i, :e.images.shape[0]] = True
+    return Batch(prompt, prompt_mask, images, image_mask, target_in, target, weights, [e.task for e in examples])

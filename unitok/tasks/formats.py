@@ -1,0 +1,326 @@
+"""Target formats: how a target value becomes tokens, how tokens parse back, and the grammar.
+
+Registry contract (``FORMATS``): a registered class is instantiated with no arguments and offers
+
+    check(target) -> [(field, problem)]             spec-time validation of ``target.*`` options
+    encode(value, ctx, rng) -> (ids, weights)        training target, without eos
+    decode(ids, ctx, logprobs=None) -> output        a structured output from ``outputs``
+    reference(value, ctx) -> reference               what the task's evaluator compares against
+    grammar(ctx) -> Grammar                          the DFA every generated sequence obeys
+
+``value`` is what ``target.field`` resolved to in the record (or the ``each`` item).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..modalities.codec import Codec
+from ..registry import Registry
+from .grammar import Grammar, GrammarBuilder, sequence_trie
+from .outputs import Box, Boxes, DenseMap, GeneratedImage, Label, Region, Text
+from .spec import Target
+
+FORMATS: Registry = Registry("target format")
+
+
+@dataclass
+class FormatContext:
+    codec: Codec
+    target: Target
+    width: float = 1.0  # pixel size of the input image, for coordinates
+    height: float = 1.0
+    meta: dict = field(default_factory=dict)  # the store's metadata (closed label sets live there)
+
+
+class TargetFormat:
+    def check(self, target: Target) -> list[tuple[str, str]]:
+        return []
+
+    def encode(self, value: Any, ctx: FormatContext, rng: np.random.Generator | None) -> tuple[list[int], list[float]]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int], ctx: FormatContext, logprobs: list[float] | None = None):
+        raise NotImplementedError
+
+    def reference(self, value: Any, ctx: FormatContext):
+        raise NotImplementedError
+
+    def grammar(self, ctx: FormatContext) -> Grammar:
+        raise NotImplementedError
+
+
+def _score(logprobs: list[float] | None) -> float | None:
+    return None if not logprobs else float(math.exp(sum(logprobs) / len(logprobs)))
+
+
+@FORMATS.register("text")
+class TextFormat(TargetFormat):
+    """Free text. A list-valued field holds several references: training samples one."""
+
+    def encode(self, value, ctx, rng):
+        if isinstance(value, (list, tuple)):
+            value = value[int(rng.integers(len(value)))] if rng is not None else value[0]
+        ids = ctx.codec.encode_text(str(value))
+        return ids, [1.0] * len(ids)
+
+    def decode(self, ids, ctx, logprobs=None):
+        return Text(ctx.codec.decode_text(ids))
+
+    def reference(self, value, ctx):
+        return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+    def grammar(self, ctx):
+        b = GrammarBuilder(ctx.codec.vocab.size)
+        first, rest = b.state(), b.state()
+        text = ctx.codec.block_mask("text")
+        b.on(first, text, rest)
+        b.on(rest, text, rest)
+        b.end(rest)
+        return b.build(first)
+
+
+def resolve_choices(target: Target, meta: dict) -> list[str]:
+    choices = target.choices
+    if isinstance(choices, str):
+        key = choices.removeprefix("meta:")
+        if key not in meta:
+            raise KeyError(f"target.choices names meta key {key!r}, which the store's metadata lacks (has: {sorted(meta)})")
+        choices = meta[key]
+    return [str(c) for c in choices]
+
+
+@FORMATS.register("label")
+class LabelFormat(TargetFormat):
+    """One answer from a closed set, enforced at decoding by a trie of the choices' token sequences."""
+
+    def check(self, target):
+        if target.choices is None:
+            return [("choices", "the label format needs a list of choices or 'meta:KEY'")]
+        if isinstance(target.choices, str) and not target.choices.startswith("meta:"):
+            return [("choices", f"expected a list or 'meta:KEY', got {target.choices!r}")]
+        if target.values and isinstance(target.choices, list):
+            stray = sorted(set(target.values.values()) - set(target.choices))
+            if stray:
+                return [("values", f"maps to {stray}, which are not among the choices {target.choices}")]
+        return []
+
+    @staticmethod
+    def label_of(value, target: Target) -> str:
+        if target.values is None:
+            return str(value)
+        key = str(value).lower()
+        if key not in target.values:
+            raise KeyError(f"target.values has no entry for {key!r} (has: {sorted(target.values)})")
+        return target.values[key]
+
+    def encode(self, value, ctx, rng):
+        ids = ctx.codec.encode_text(self.label_of(value, ctx.target))
+        return ids, [1.0] * len(ids)
+
+    def decode(self, ids, ctx, logprobs=None):
+        return Label(ctx.codec.decode_text(ids), _score(logprobs))
+
+    def reference(self, value, ctx):
+        return self.label_of(value, ctx.target)
+
+    def grammar(self, ctx):
+        b = GrammarBuilder(ctx.codec.vocab.size)
+        start = b.state()
+        sequence_trie(b, start, [ctx.codec.encode_text(c) for c in resolve_choices(ctx.target, ctx.meta)])
+        return b.build(start)
+
+
+@FORMATS.register("boxes")
+class BoxesFormat(TargetFormat):
+    """Pix2Seq detection: per object ``x0 y0 x1 y1 <label text>``, then eos.
+
+    ``target.order``: ``record`` keeps the record's order (the world lists objects left to right),
+    which a small model learns within a short CPU budget; ``random`` shuffles per example as Pix2Seq
+    does, which its authors found best for long training.
+    """
+
+    def check(self, target):
+        return [] if target.label else [("label", "the boxes format needs the key of each object's label")]
+
+    def encode(self, value, ctx, rng):
+        objects = list(value)
+        if rng is not None and ctx.target.order == "random":
+            objects = [objects[i] for i in rng.permutation(len(objects))]
+        ids: list[int] = []
+        for obj in objects:
+            ids += ctx.codec.encode_box(obj[ctx.target.box], ctx.width, ctx.height)
+            ids += ctx.codec.encode_text(str(obj[ctx.target.label]))
+        return ids, [1.0] * len(ids)
+
+    def decode(self, ids, ctx, logprobs=None):
+        codec, boxes = ctx.codec, []
+        i, n = 0, len(ids)
+        while i + 4 <= n and all(codec.is_coord(t) for t in ids[i:i + 4]):
+            j = i + 4
+            while j < n and codec.is_text(ids[j]):
+                j += 1
+            if j == i + 4:  # a box without a label is a truncated tail
+                break
+            x0, y0, x1, y1 = codec.decode_box(ids[i:i + 4], ctx.width, ctx.height)
+            score = _score(logprobs[i + 4:j]) if logprobs else 1.0
+            boxes.append(Box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1),
+                             codec.decode_text(ids[i + 4:j]).strip(), score))
+            i = j
+        return Boxes(boxes)
+
+    def reference(self, value, ctx):
+        return Boxes([Box(*map(float, o[ctx.target.box]), label=str(o[ctx.target.label])) for o in value])
+
+    def grammar(self, ctx):
+        b = GrammarBuilder(ctx.codec.vocab.size)
+        between, c1, c2, c3, first, more = (b.state() for _ in range(6))
+        coords, text = ctx.codec.block_mask("coords"), ctx.codec.block_mask("text")
+        b.on(between, coords, c1)
+        b.end(between)
+        b.on(c1, coords, c2)
+        b.on(c2, coords, c3)
+        b.on(c3, coords, first)
+        b.on(first, text, more)
+        b.on(more, text, more)
+        b.on(more, coords, c1)
+        b.end(more)
+        return b.build(between)
+
+
+@FORMATS.register("region")
+class RegionFormat(TargetFormat):
+    """Exactly one box: four coordinate tokens (grounding, referring expressions)."""
+
+    def encode(self, value, ctx, rng):
+        ids = ctx.codec.encode_box(value, ctx.width, ctx.height)
+        return ids, [1.0] * 4
+
+    def decode(self, ids, ctx, logprobs=None):
+        coords = [t for t in ids if ctx.codec.is_coord(t)][:4]
+        if len(coords) < 4:  # only reachable without the grammar
+            return Region(Box(0.0, 0.0, 0.0, 0.0))
+        x0, y0, x1, y1 = ctx.codec.decode_box(coords, ctx.width, ctx.height)
+        return Region(Box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1), score=_score(logprobs) or 1.0))
+
+    def reference(self, value, ctx):
+        return Region(Box(*map(float, value)))
+
+    def grammar(self, ctx):
+        b = GrammarBuilder(ctx.codec.vocab.size)
+        states = [b.state() for _ in range(5)]
+        coords = ctx.codec.block_mask("coords")
+        for s, t in zip(states, states[1:]):
+            b.on(s, coords, t)
+        b.end(states[-1])
+        return b.build(states[0])
+
+
+def _fixed_length_grammar(codec: Codec, block: str, length: int) -> Grammar:
+    """Exactly ``length`` tokens of ``block``, then eos."""
+    b = GrammarBuilder(codec.vocab.size)
+    states = [b.state() for _ in range(length + 1)]
+    mask = codec.block_mask(block)
+    for s, t in zip(states, states[1:]):
+        b.on(s, mask, t)
+    b.end(states[-1])
+    return b.build(states[0])
+
+
+def _decode_image_field(value) -> np.ndarray:
+    from ..modalities.image import load_image
+
+    return value if isinstance(value, np.ndarray) else np.asarray(load_image(value, what="target image"))
+
+
+@FORMATS.register("image")
+class ImageFormat(TargetFormat):
+    """An image as h x w VQ-VAE codes (Unified-IO): text-to-image targets. Needs ``tokenizers.image``.
+
+    The reference for evaluation is ``target.reference`` (e.g. the scene's objects, for fidelity).
+    """
+
+    def encode(self, value, ctx, rng):
+        ids = ctx.codec.encode_image(_decode_image_field(value))
+        return ids, [1.0] * len(ids)
+
+    def decode(self, ids, ctx, logprobs=None):
+        n = ctx.codec.image.num_codes
+        start = ctx.codec.vocab.range("image")[0]
+        ids = (list(ids) + [start] * n)[:n]  # only short without the grammar
+        return GeneratedImage(ctx.codec.decode_image(ids))
+
+    def reference(self, value, ctx):
+        return value
+
+    def grammar(self, ctx):
+        return _fixed_length_grammar(ctx.codec, "image", ctx.codec.image.num_codes)
+
+
+DENSE_KINDS = ("segmentation", "depth", "mask")
+
+
+@FORMATS.register("dense")
+class DenseFormat(TargetFormat):
+    """A dense map as h x w codes of the dense VQ-VAE (UViM): segmentation, depth or an instance mask.
+
+    ``target.kind`` picks the map; segmentation maps hold class ids (0 = background, k = the k-th of
+    the store's ``categories``); depth maps are 16-bit PNGs in units of 1/``depth_scale`` metres.
+    """
+
+    def check(self, target):
+        if target.kind not in DENSE_KINDS:
+            return [("kind", f"the dense format needs kind: one of {', '.join(DENSE_KINDS)}; got {target.kind!r}")]
+        return []
+
+    def _values(self, value, ctx) -> np.ndarray:
+        import io
+
+        from PIL import Image
+
+        if isinstance(value, np.ndarray):
+            arr = value
+        else:
+            with Image.open(io.BytesIO(value)) as img:
+                arr = np.asarray(img)
+        if ctx.target.kind == "depth":
+            return arr.astype(np.float32) / float(ctx.meta.get("depth_scale", 1000))
+        if ctx.target.kind == "mask":
+            return arr > 127
+        return arr.astype(np.int64)
+
+    def encode(self, value, ctx, rng):
+        ids = ctx.codec.encode_dense(self._values(value, ctx), ctx.target.kind)
+        return ids, [1.0] * len(ids)
+
+    def decode(self, ids, ctx, logprobs=None):
+        n = ctx.codec.dense.num_codes
+        start = ctx.codec.vocab.range("dense")[0]
+        ids = (list(ids) + [start] * n)[:n]
+        values = ctx.codec.decode_dense(ids, ctx.target.kind)
+        return DenseMap(self._resize(values, ctx), ctx.target.kind, self._classes(ctx))
+
+    @staticmethod
+    def _resize(values: np.ndarray, ctx) -> np.ndarray:
+        """Back to the input image's pixels (nearest: class ids and depths must not blend)."""
+        from PIL import Image
+
+        w, h = int(round(ctx.width)), int(round(ctx.height))
+        if values.shape == (h, w) or w <= 1 or h <= 1:
+            return values
+        out = np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize((w, h), Image.NEAREST))
+        return out.astype(values.dtype)
+
+    def _classes(self, ctx) -> list[str] | None:
+        if ctx.target.kind != "segmentation":
+            return None
+        return ["background"] + [str(c) for c in ctx.meta.get("categories", [])]
+
+    def reference(self, value, ctx):
+        return DenseMap(self._values(value, ctx), ctx.target.kind, self._classes(ctx))
+
+    def grammar(self, ctx):
+        return _fixed_length_grammar(ctx.codec, "dense", ctx.codec.dense.num_codes)

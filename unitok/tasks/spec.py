@@ -1,0 +1,151 @@
+"""Task specs: ``tasks/*.yaml`` loaded with ``yaml.safe_load`` into typed, validated objects.
+
+A spec says what a task is, declaratively: the dataset it reads, the prompt templates, which record
+fields are model inputs, the target field and its format, decoding settings, the metric and the
+mixture weight. Adding a task that uses existing formats is one YAML file and no code.
+
+Field paths (``target.field``, ``inputs.*``, template placeholders) are looked up first in the
+item of an ``each`` expansion, then in the record; dots walk into nested dicts (``meta.x`` never).
+A validation error names the file and the field, e.g.
+``tasks/detection.yaml: field 'target.format': unknown format 'boxez'; known: boxes, label, text``.
+"""
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class TaskSpecError(ValueError):
+    """A task spec file is malformed; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Inputs(_Strict):
+    image: str | None = None  # record field holding the (first) image
+    image2: str | None = None  # a second image (two-image reasoning)
+    video: str | None = None  # a list of frames
+    region: str | None = None  # a box field, rendered as 4 coordinate tokens where the prompt says {region}
+
+
+class Target(_Strict):
+    format: str
+    field: str
+    label: str | None = None  # boxes: key of each object's label
+    box: str = "box"  # boxes: key of each object's box
+    order: Literal["record", "random"] = "record"  # boxes: training order of objects (Pix2Seq: random)
+    choices: list[str] | str | None = None  # label: the closed set, or "meta:KEY" to read it from the store
+    values: dict[str, str] | None = None  # label: rename raw field values (e.g. {"true": "yes"}); keys are str(value).lower()
+    kind: str | None = None  # dense formats: segmentation | depth | mask
+    reference: str | None = None  # field the metric compares against, when not the target itself
+
+
+class Decoding(_Strict):
+    strategy: Literal["greedy", "beam", "sample", "score"] = "greedy"
+    max_tokens: int = Field(64, ge=1, le=4096)
+    beam_size: int = Field(1, ge=1)
+    length_penalty: float = 1.0
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    guidance_scale: float = Field(0.0, ge=0)
+
+
+class Splits(_Strict):
+    train: str = "train"
+    eval: str = "val"
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    data: str  # dataset name; its stores live at <data root>/<data>/<split>
+    splits: Splits = Splits()
+    each: str | None = None  # expand one record into one example per item of this list field
+    prompt: list[str] = Field(min_length=1)  # variants sampled in training; the first is used at evaluation
+    inputs: Inputs = Inputs()
+    target: Target
+    decoding: Decoding = Decoding()
+    metric: str
+    weight: float = Field(1.0, ge=0)
+    prompt_dropout: float = Field(0.0, ge=0, lt=1)  # drop the prompt text in training (classifier-free guidance)
+    source: str = ""  # the file it was loaded from (set by the loader)
+
+    @field_validator("prompt")
+    @classmethod
+    def _templates_parse(cls, prompts: list[str]) -> list[str]:
+        for p in prompts:
+            try:
+                list(string.Formatter().parse(p))
+            except ValueError as e:
+                raise ValueError(f"template {p!r} does not parse: {e}") from e
+        return prompts
+
+    def placeholders(self) -> set[str]:
+        return {f for p in self.prompt for _, f, _, _ in string.Formatter().parse(p) if f}
+
+
+def _loc(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"]) or "<top>"
+
+
+def parse_task(data: object, *, source: str, formats=None) -> TaskSpec:
+    """Validate a loaded YAML mapping. ``formats`` (a registry) adds the format's own checks."""
+    if not isinstance(data, dict):
+        raise TaskSpecError(f"{source}: expected a mapping of task fields at the top level, got {type(data).__name__}")
+    try:
+        spec = TaskSpec(**{**data, "source": source})
+    except ValidationError as e:
+        first = e.errors()[0]
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise TaskSpecError(f"{source}: field '{_loc(first)}': {first['msg']}{more}") from None
+    if spec.inputs.region and "region" not in spec.placeholders():
+        raise TaskSpecError(f"{source}: field 'inputs.region': set, but no prompt template uses {{region}}")
+    if formats is not None:
+        try:
+            fmt = formats.get(spec.target.format)
+        except KeyError as e:
+            raise TaskSpecError(f"{source}: field 'target.format': {e.args[0]}") from None
+        for field, problem in fmt().check(spec.target):
+            raise TaskSpecError(f"{source}: field 'target.{field}': {problem}")
+    return spec
+
+
+def load_task(path: str | Path, *, formats=None) -> TaskSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TaskSpecError(f"{path}: task spec file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise TaskSpecError(f"{path}: not valid YAML ({e})") from None
+    return parse_task(data, source=str(path), formats=formats)
+
+
+def load_tasks(directory: str | Path, names: list[str] | None = None, *, formats=None) -> dict[str, TaskSpec]:
+    """Load ``names`` (or every ``*.yaml``) from ``directory``; an unknown name lists the known ones."""
+    directory = Path(directory)
+    files = {p.stem: p for p in sorted(directory.glob("*.yaml"))}
+    if names is None:
+        names = list(files)
+    out = {}
+    for n in names:
+        if n not in files:
+            raise TaskSpecError(f"unknown task {n!r}: no {directory / (n + '.yaml')}; known tasks: {', '.join(files) or 'none'}")
+        spec = load_task(files[n], formats=formats)
+        if spec.name != n:
+            raise TaskSpecError(f"{files[n]}: field 'name': {spec.name!r} must match the file name {n!r}")
+        out[n] = spec
+    return out
+
+
+def dump_task(spec: TaskSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(exclude={"source"}, exclude_defaults=True), sort_keys=False)

@@ -1,0 +1,219 @@
+"""The Trainer: one model, a mixture of tasks, AdamW with warmup + cosine, bf16 autocast.
+
+It owns the loop; callers own the pieces. Evaluation is injected as a callable so the train layer
+never imports eval or inference (the CLI wires ``unitok.inference.evaluate``).
+
+Exact resume: the checkpoint holds weights, optimizer state, RNG and the step; data order is a
+pure function of (seed, batch index, rank) (``MixtureSampler``), and the CSV log is cut back to
+the checkpoint's step, so a run killed at any point continues as if it had never stopped.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import RunConfig
+from ..model.transformer import UniTokModel
+from ..modalities.codec import Codec
+from ..runtime import use_bf16
+from ..tasks.examples import Batch, collate
+from ..tasks.spec import TaskSpec
+from .data import MixtureDataset, MixtureSampler, TaskSource, mixture_probs
+
+log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[UniTokModel, int], dict]
+
+
+def lr_at(step: int, *, base: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to ``base``, then cosine decay to ``base * min_ratio`` at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy weighted per token (0 on padding; Pix2Seq down-weights noise/eos)."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none").view_as(weights)
+    return (ce * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, out: str | Path, codec: Codec, tasks: dict[str, TaskSpec],
+                 sources: list[TaskSource], *, evaluate: EvaluateFn | None = None, resume: bool = True,
+                 device: str | torch.device = "cpu"):
+        self.run, self.cfg = run, run.train
+        self.out = Path(out)
+        self.codec, self.tasks, self.sources = codec, tasks, sources
+        self.evaluate_fn = evaluate
+        self.device = torch.device(device)
+        self.bf16 = use_bf16(self.cfg.bf16, self.device)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.ckpt_dir = self.out / "checkpoint"
+        self.step = 0
+
+        model_cfg = run.model_settings()
+        model_cfg.vocab_size = codec.vocab.size
+        model_cfg.expert_ranges = codec.vocab.expert_ranges(model_cfg.experts)
+        model_cfg.coord_range = codec.vocab.range("coords")
+        torch.manual_seed(self.cfg.seed)
+        torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs
+        self.model = UniTokModel(model_cfg).to(self.device)
+        self.optimizer = self._optimizer()
+        if resume and (self.ckpt_dir / "trainer.json").exists():
+            self._resume()
+        self.ddp = (DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else None)
+
+    # ------------------------------------------------------------------ setup
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (decay if p.ndim >= 2 and "embed" not in name and "pos" not in name else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, fused=False)
+
+    def _resume(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_dir, expect_vocab=self.codec.vocab, with_trainer=True, device=self.device)
+        self.model.load_state_dict(ckpt.model.state_dict())
+        self.optimizer.load_state_dict(ckpt.trainer_state["optimizer"])
+        torch.set_rng_state(ckpt.trainer_state["rng"])
+        self.step = ckpt.trainer_state["step"]
+        if self.rank == 0:
+            self._truncate_log(self.step)
+        log.info("resumed from %s at step %d", self.ckpt_dir, self.step)
+
+    def _loader(self) -> DataLoader:
+        probs = mixture_probs([self.tasks[s.builder.spec.name].weight for s in self.sources], self.run.tasks.temperature)
+        sampler = MixtureSampler([len(s.store) for s in self.sources], probs, self.cfg.batch_size,
+                                 seed=self.cfg.seed, rank=self.rank, start_batch=self.step * self.cfg.accumulate)
+        workers = self.cfg.num_workers
+        return DataLoader(MixtureDataset(self.sources), batch_sampler=sampler, collate_fn=collate,
+                          num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    # ------------------------------------------------------------------ loop
+    def _to_device(self, batch: Batch) -> Batch:
+        if self.device.type == "cpu":
+            return batch
+        for name in ("prompt", "prompt_mask", "images", "image_mask", "target_in", "target", "weights"):
+            value = getattr(batch, name)
+            if value is not None:
+                setattr(batch, name, value.to(self.device, non_blocking=True))
+        return batch
+
+    def _micro_step(self, batch: Batch, scale: float) -> tuple[float, dict[str, float]]:
+        model = self.ddp or self.model
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = model(batch.prompt, batch.prompt_mask, batch.target_in, batch.images, batch.image_mask)
+        loss = weighted_loss(logits, batch.target, batch.weights)
+        (loss * scale).backward()
+        with torch.no_grad():  # per-task loss, for the log only
+            ce = F.cross_entropy(logits.float().flatten(0, 1), batch.target.flatten(), reduction="none")
+            ce = (ce.view_as(batch.weights) * batch.weights).sum(1) / batch.weights.sum(1).clamp(min=1)
+            per_task: dict[str, list[float]] = defaultdict(list)
+            for task, v in zip(batch.tasks, ce.tolist()):
+                per_task[task].append(v)
+        return loss.item(), {k: sum(v) / len(v) for k, v in per_task.items()}
+
+    def fit(self, steps: int | None = None) -> dict:
+        """Train to ``steps`` (default: the config's), saving and evaluating on the way."""
+        total = steps or self.cfg.steps
+        if self.step >= total:
+            return self.evaluate() if self.evaluate_fn else {}
+        loader = iter(self._loader())
+        self.model.train()
+        bar = tqdm(total=total, initial=self.step, disable=self.rank != 0 or None, desc="train", dynamic_ncols=True)
+        window_loss, window_tasks, window_examples, t0 = [], defaultdict(list), 0, time.perf_counter()
+        while self.step < total:
+            lr = lr_at(self.step, base=self.cfg.lr, warmup=self.cfg.warmup, total=total, min_ratio=self.cfg.min_lr_ratio)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            self.optimizer.zero_grad(set_to_none=True)
+            for _ in range(self.cfg.accumulate):
+                batch = self._to_device(next(loader))
+                loss, per_task = self._micro_step(batch, 1.0 / self.cfg.accumulate)
+                window_loss.append(loss)
+                for k, v in per_task.items():
+                    window_tasks[k].append(v)
+                window_examples += len(batch.tasks) * self.world
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+            self.optimizer.step()
+            self.step += 1
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == total:
+                elapsed = time.perf_counter() - t0
+                row = {"step": self.step, "loss": sum(window_loss) / len(window_loss), "lr": lr,
+                       "grad_norm": float(grad_norm), "examples_per_s": window_examples / elapsed}
+                row.update({f"loss/{k}": sum(v) / len(v) for k, v in sorted(window_tasks.items())})
+                self._log(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", ex_s=f"{row['examples_per_s']:.0f}")
+                window_loss, window_tasks, window_examples, t0 = [], defaultdict(list), 0, time.perf_counter()
+            if self.step % self.cfg.save_every == 0 or self.step == total:
+                self.save()
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step != total:
+                self.evaluate()
+        bar.close()
+        return self.evaluate() if self.evaluate_fn else {}
+
+    # ------------------------------------------------------------------ io
+    def save(self) -> None:
+        if self.rank == 0:
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}
+            dtype = torch.bfloat16 if self.cfg.save_dtype == "bfloat16" else torch.float32
+            save_checkpoint(self.ckpt_dir, self.model, self.codec, self.tasks, self.run, trainer_state=state, dtype=dtype)
+        if self.world > 1:
+            dist.barrier()
+
+    def evaluate(self) -> dict:
+        results = {}
+        if self.rank == 0 and self.evaluate_fn is not None:
+            results = self.evaluate_fn(self.model, self.step)
+            flat = {f"eval/{task}/{k}": v for task, m in results.items() for k, v in m.items()}
+            self._log({"step": self.step, **flat}, name="eval.csv")
+            self.model.train()
+        if self.world > 1:
+            dist.barrier()
+        return results
+
+    def _log(self, row: dict, name: str = "log.csv") -> None:
+        if self.rank != 0:
+            return
+        path = self.out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = list(csv.DictReader(path.open())) if path.exists() else []
+        rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+        log.info("%s", " ".join(f"{k}={v}" for k, v in rows[-1].items()))
+
+    def _truncate_log(self, step: int) -> None:
+        for name in ("log.csv", "eval.csv"):
+            path = self.out / name
+            if not path.exists():
+                continue
+            rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= step]
+            fields = list(dict.fromkeys(k for r in rows for k in r)) or ["step"]
+            with path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)

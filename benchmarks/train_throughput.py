@@ -2,9 +2,9 @@
 
     python benchmarks/train_throughput.py --config configs/tiny.yaml --steps 8 --out benchmarks/results/train_throughput.json
 
-Reports examples/s of full training steps (forward, backward, AdamW) on real world batches, the
-bf16/fp32 ratio, the parameter count, and the fp32/bf16 matmul GFLOPS of this machine, so the ratio
-can be read against what the hardware offers.
+Reports examples/s of full training steps (forward, backward, AdamW) on real batches of the config's
+task mixture, the bf16/fp32 ratio, the parameter count, the fp32/bf16 matmul GFLOPS of this machine,
+and model FLOPs utilisation (FLOPs counted by torch's FlopCounterMode, over the measured matmul rate).
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import unitok  # noqa: F401  (before torch: sets OMP_WAIT_POLICY)
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from unitok import recipes
 from unitok.config import load_config
@@ -22,7 +24,7 @@ from unitok.model.transformer import UniTokModel
 from unitok.runtime import cpu_has_native_bf16
 from unitok.tasks.examples import ExampleBuilder, collate
 from unitok.train.data import MixtureDataset, TaskSource
-from unitok.train.trainer import weighted_loss
+from unitok.train.trainer import model_config_for, weighted_loss
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
@@ -51,31 +53,41 @@ def main() -> None:
     codec = recipes.build_codec(run)
     stores = recipes.open_stores(run, tasks, "train")
     tasks = recipes.with_resolved_choices(tasks, stores)
-    cfg = run.model_settings()
-    cfg.vocab_size, cfg.expert_ranges = codec.vocab.size, codec.vocab.expert_ranges(cfg.experts)
-    data = MixtureDataset([TaskSource(ExampleBuilder(s, codec, image_size=cfg.image_size, max_prompt_len=cfg.max_prompt_len,
-                                                     meta=stores[n].meta), stores[n]) for n, s in tasks.items()])
+    cfg = model_config_for(run, codec)
+    data = MixtureDataset([TaskSource(ExampleBuilder.for_model(s, codec, cfg, meta=stores[n].meta), stores[n])
+                           for n, s in tasks.items()])
     batches = [collate([data[(i % len(tasks), (b * 7 + i) % len(stores[list(tasks)[i % len(tasks)]]), b * 1000 + i)]
                         for i in range(args.batch_size)]) for b in range(args.steps + 2)]
     results = {"config": args.config, "params": None, "batch_size": args.batch_size, "steps": args.steps,
                "threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16()}
+    results["matmul_gflops_fp32"] = matmul_gflops(torch.float32)
+    results["matmul_gflops_bf16"] = matmul_gflops(torch.bfloat16)
     for mode in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = UniTokModel(cfg)
         results["params"] = model.num_params()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        with FlopCounterMode(display=False) as counter:  # model FLOPs of one step (forward + backward)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                b = batches[0]
+                logits = model(b.prompt, b.prompt_mask, b.target_in, b.images, b.image_mask, b.patch_mask)
+            weighted_loss(logits, b.target, b.weights).backward()
+        opt.zero_grad(set_to_none=True)
+        flops_per_example = counter.get_total_flops() / args.batch_size
         for i, b in enumerate(batches):
             if i == 2:  # two warm-up steps
                 t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
-                logits = model(b.prompt, b.prompt_mask, b.target_in, b.images, b.image_mask)
+                logits = model(b.prompt, b.prompt_mask, b.target_in, b.images, b.image_mask, b.patch_mask)
             weighted_loss(logits, b.target, b.weights).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        results[f"{mode}_examples_per_s"] = args.steps * args.batch_size / (time.perf_counter() - t0)
+        rate = args.steps * args.batch_size / (time.perf_counter() - t0)
+        results[f"{mode}_examples_per_s"] = rate
+        # MFU: achieved model FLOP/s over the matmul rate of the same dtype, measured in this run.
+        results[f"{mode}_mfu"] = rate * flops_per_example / (results[f"matmul_gflops_{mode}"] * 1e9)
+        results["gflops_per_example"] = flops_per_example / 1e9
     results["bf16_over_fp32"] = results["bf16_examples_per_s"] / results["fp32_examples_per_s"]
-    results["matmul_gflops_fp32"] = matmul_gflops(torch.float32)
-    results["matmul_gflops_bf16"] = matmul_gflops(torch.bfloat16)
     print(json.dumps(results, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -25,16 +25,26 @@ def micro_config(tmp: Path, **extra):
     from unitok.config import load_config
 
     overrides = {**MICRO, "data.root": str(tmp / "data"), "tokenizers.text": str(tmp / "text.model"),
-                 "tasks.dir": str(REPO / "tasks"), "tasks.names": ["caption", "detection"], **extra}
+                 "tasks.dir": str(tmp / "tasks"), "tasks.names": ["caption", "detection"], **extra}
     return load_config(REPO / "configs" / "tiny.yaml", overrides)
 
 
 @pytest.fixture(scope="session")
 def micro_world(tmp_path_factory):
-    """A small world (train/val stores) and a text tokenizer trained on it."""
+    """A small world (train/val stores), a text tokenizer trained on it, and the caption + detection
+    specs with detection weighted up (it needs more steps than captioning to learn)."""
+    import shutil
+
+    import yaml
+
     from unitok import recipes
 
     tmp = tmp_path_factory.mktemp("micro")
+    tasks = tmp / "tasks"
+    tasks.mkdir()
+    shutil.copy(REPO / "tasks" / "caption.yaml", tasks)
+    spec = yaml.safe_load((REPO / "tasks" / "detection.yaml").read_text())
+    (tasks / "detection.yaml").write_text(yaml.safe_dump({**spec, "weight": 2.0}))
     run = micro_config(tmp)
     recipes.train_text_tokenizer(run)
     recipes.prepare_data(run, recipes.load_run_tasks(run))
@@ -43,10 +53,10 @@ def micro_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(micro_world):
-    """(run config, run dir, final eval results) of a micro model trained for 300 steps."""
+    """(run config, run dir, final eval results) of a micro model trained for 600 steps."""
     from unitok import recipes
 
     tmp, run = micro_world
     out = tmp / "run"
-    _, results = recipes.train(run, out, steps=300)
+    _, results = recipes.train(run, out, steps=600)
     return run, out, results

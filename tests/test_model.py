@@ -31,7 +31,9 @@ def inputs(b=3):
 def test_forward_backward_reaches_every_used_parameter():
     m = make()
     p, pm, t, im, imm = inputs()
-    logits = m(p, pm, t, im, imm)
+    patch_mask = torch.zeros(3, 2, 16, dtype=torch.bool)
+    patch_mask[1, 0, :5] = True  # masked image modelling hides some patches behind the mask embedding
+    logits = m(p, pm, t, im, imm, patch_mask)
     assert logits.shape == (3, 9, V)
     logits.logsumexp(-1).mean().backward()
     for name, param in m.named_parameters():
@@ -93,3 +95,15 @@ def test_over_long_inputs_are_refused_with_the_setting_named():
         m.encode(torch.zeros(1, 9, dtype=torch.long), torch.ones(1, 9, dtype=torch.bool))
     with pytest.raises(ValueError, match="image_size"):
         m.encode(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 1, 3, 16, 16))
+
+
+def test_masked_patches_do_not_leak_their_content():
+    m = make().eval()
+    p, pm, t, im, imm = inputs()
+    patch_mask = torch.zeros(3, 2, 16, dtype=torch.bool)
+    patch_mask[1, 0, 3] = True
+    im2 = im.clone()
+    im2[1, 0, :, 0:8, 24:32] += 5.0  # patch 3 of image 0, row 1 (4x4 grid of 8x8 patches)
+    with torch.no_grad():
+        torch.testing.assert_close(m(p, pm, t, im, imm, patch_mask), m(p, pm, t, im2, imm, patch_mask))
+        assert not torch.allclose(m(p, pm, t, im, imm), m(p, pm, t, im2, imm))

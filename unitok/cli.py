@@ -4,6 +4,7 @@
     unitok data import coco --instances ann.json --images imgs/ --out data/mycoco/train
     unitok data inspect|stats DIR ;  unitok data show DIR --index 3 --out rec.png
     unitok tokenizers train [--what text] --config configs/tiny.yaml
+    unitok tokenizers train --what image|dense --out tokenizers/image_vq [--steps N ...]
     unitok tasks list ;  unitok tasks check [FILE ...]
     unitok train --config configs/tiny.yaml --out runs/tiny
     unitok eval --checkpoint runs/tiny/checkpoint [--tasks caption detection] [--split val]
@@ -85,7 +86,7 @@ def cmd_tokenizers_train(args) -> None:
     if args.what == "text":
         tok = train_text_tokenizer(run, vocab_size=args.vocab_size)
         print(f"wrote {run.tokenizers.text}: {tok.size} pieces")
-    else:
+    else:  # the VQ-VAE trainer owns its options (see `python -m unitok.modalities.vq_train -h`)
         from .modalities import vq_train
 
         vq_train.main(["--what", args.what, "--out", args.out or f"tokenizers/{args.what}_vq", *args.extra])
@@ -240,8 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, default=1000)
     t.add_argument("--out", help="asset prefix for image/dense tokenizers")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    t.add_argument("extra", nargs=argparse.REMAINDER, help="passed to the VQ trainer")
-    t.set_defaults(fn=cmd_tokenizers_train)
+    t.set_defaults(fn=cmd_tokenizers_train, takes_extra=True)  # image/dense: other options go to the VQ trainer
 
     tasks = sub.add_parser("tasks", help="list and check task specs").add_subparsers(dest="sub", required=True)
     tl = tasks.add_parser("list")
@@ -285,7 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not (getattr(args, "takes_extra", False) and args.what != "text"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.fn(args)

@@ -40,10 +40,13 @@ def build_world_store(kind: str, split: str, n: int, out: str | Path, *, seed: i
 
 def check_metric(spec: TaskSpec) -> None:
     """The spec's metric must name a registered evaluator (checked here: tasks never import eval)."""
-    from .eval import build_evaluator
+    from .eval import EVALUATORS, build_evaluator
 
     try:
-        build_evaluator(spec.metric)
+        if any(isinstance(v, str) and v.startswith("meta:") for v in spec.metric_options.values()):
+            EVALUATORS.get(spec.metric.split("@")[0])  # options come from a store: check the name only
+        else:
+            build_evaluator(spec.metric, **spec.metric_options)
     except (KeyError, ValueError, TypeError) as e:
         raise TaskSpecError(f"{spec.source}: field 'metric': {e.args[0] if e.args else e}") from None
 
@@ -75,13 +78,27 @@ def open_stores(run: RunConfig, tasks: dict[str, TaskSpec], which: str) -> dict[
     return {name: RecordStore(store_path(run, spec.data, getattr(spec.splits, which))) for name, spec in tasks.items()}
 
 
+def _meta_value(value, meta: dict, where: str):
+    if isinstance(value, str) and value.startswith("meta:"):
+        key = value.removeprefix("meta:")
+        if key not in meta:
+            raise KeyError(f"{where} names meta key {key!r}, which the store's metadata lacks (has: {sorted(meta)})")
+        return meta[key]
+    return value
+
+
 def with_resolved_choices(tasks: dict[str, TaskSpec], stores: dict[str, RecordStore]) -> dict[str, TaskSpec]:
-    """Replace ``choices: meta:KEY`` by the list from the store, so a checkpoint needs no store."""
+    """Replace ``meta:KEY`` references (label choices, metric options) by the store's values, so a
+    checkpoint's task specs need no store."""
     out = {}
     for name, spec in tasks.items():
+        meta = stores[name].meta
         if isinstance(spec.target.choices, str):
-            choices = resolve_choices(spec.target, stores[name].meta)
+            choices = resolve_choices(spec.target, meta)
             spec = spec.model_copy(update={"target": spec.target.model_copy(update={"choices": choices})})
+        if spec.metric_options:
+            options = {k: _meta_value(v, meta, f"{spec.source}: metric_options.{k}") for k, v in spec.metric_options.items()}
+            spec = spec.model_copy(update={"metric_options": options})
         out[name] = spec
     return out
 
@@ -142,8 +159,7 @@ def train(run: RunConfig, out: str | Path, *, steps: int | None = None, resume: 
     train_stores = open_stores(run, tasks, "train")
     tasks = with_resolved_choices(tasks, train_stores)
     model_cfg = run.model_settings()
-    sources = [TaskSource(ExampleBuilder(spec, codec, image_size=model_cfg.image_size,
-                                         max_prompt_len=model_cfg.max_prompt_len, meta=train_stores[name].meta),
+    sources = [TaskSource(ExampleBuilder.for_model(spec, codec, model_cfg, meta=train_stores[name].meta),
                           train_stores[name]) for name, spec in tasks.items()]
     eval_stores = open_stores(run, tasks, "eval")
     n_eval = eval_examples or run.train.eval_examples

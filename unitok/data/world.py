@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from .schema import png_bytes
-from .world_language import captions, itm, referring_expressions, regions
+from .world_language import captions, description, itm, referring_expressions, regions
 from .world_pairs import make_pair, pairs_meta
 from .world_questions import VQA_TYPES, answer_set, entailment, vqa
 from .world_scene import BACKGROUNDS, COLOURS, DEPTH_SCALE, NUMBER_WORDS, SHAPES, SIZES, SPLITS, WorldConfig, \
@@ -58,6 +58,7 @@ def make_scene(cfg: WorldConfig, index: int, split: str = "train") -> dict:
         "segmentation": png_bytes(segmentation),
         "depth": png_bytes(depth),
         "captions": caps,
+        "description": description(objects, scene.background),  # names every object (text-to-image prompts)
         "refs": referring_expressions(objects, cfg.size, rng),
         "regions": regions(objects),
         "vqa": vqa(objects, scene.background, cfg.size, rng),

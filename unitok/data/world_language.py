@@ -146,6 +146,11 @@ def _listing(objects: list[dict], background: str, template: int) -> str:
 _LISTINGS = 3
 
 
+def description(objects: list[dict], background: str) -> str:
+    """One sentence naming every object and the background: what a text-to-image prompt should ask for."""
+    return _listing(objects, background, 0)
+
+
 def _relation_captions(objects: list[dict], size: int) -> list[str]:
     caps = []
     for b, o in enumerate(objects):

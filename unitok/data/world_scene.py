@@ -251,6 +251,7 @@ def base_meta(kind: str, cfg: WorldConfig, split: str) -> dict:
         "sizes": list(SIZES),
         "backgrounds": list(BACKGROUNDS),
         "depth_scale": DEPTH_SCALE,
+        "palette": {name: list(rgb) for name, rgb in {**COLOURS, **BACKGROUNDS}.items()},  # RGB of every named colour
         "provenance": {"generator": "unitok.data.world", "kind": kind, "seed": cfg.seed, "size": cfg.size,
                        "split": split, "min_objects": cfg.min_objects, "max_objects": cfg.max_objects,
                        "min_visible": cfg.min_visible},

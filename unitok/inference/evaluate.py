@@ -32,7 +32,7 @@ def evaluate_tasks(predictor: Predictor, stores: dict[str, RecordStore], *, max_
     results = {}
     for task, store in stores.items():
         spec = predictor.tasks[task]
-        evaluator = build_evaluator(spec.metric)
+        evaluator = build_evaluator(spec.metric, **spec.metric_options)
         pending: list[Example] = []
         bar = tqdm(desc=f"eval {task}", total=max_examples, disable=not progress or None, leave=False)
 

@@ -30,11 +30,12 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (beam search keeps the surviving hypotheses)."""
+    def reorder(self, index: torch.Tensor, *, cross: bool = True) -> None:
+        """Select batch rows (beam search keeps the surviving hypotheses). ``cross=False`` keeps the
+        cross-attention K/V as they are: right when rows only move among copies of one input."""
         self.k = self.k.index_select(0, index)
         self.v = self.v.index_select(0, index)
-        if self.cross is not None:
+        if cross and self.cross is not None:
             self.cross = (self.cross[0].index_select(0, index), self.cross[1].index_select(0, index))
 
 
@@ -79,19 +80,27 @@ class Attention(nn.Module):
         b, h, t, dh = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, h * dh))
 
-    def step(self, x: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, pos: torch.Tensor,
-             mask: torch.Tensor) -> torch.Tensor:
-        """Causal self-attention for one new token per row over fixed-size cache buffers.
+    def step(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+             pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention for one query per row, x: (B, 1, D), over ``kv`` (k, v): (B, H, L, Dh).
 
-        x: (B, 1, D); k_buf, v_buf: (B, H, T, Dh), written in place at ``pos`` (a (1,) long tensor);
-        mask: (1, 1, 1, T) bool, True up to ``pos``. Shapes do not change from step to step, so a
-        compiled step is traced once per batch shape instead of once per position."""
-        q = self.q_norm(self._heads(self.q(x)))
-        k, v = self.project_kv(x)
-        k_buf.index_copy_(2, pos, k)
-        v_buf.index_copy_(2, pos, v)
-        y = F.scaled_dot_product_attention(q, k_buf, v_buf, attn_mask=mask)  # (B, H, 1, Dh)
-        return self.out(y.transpose(1, 2).reshape(x.shape))
+        Self-attention passes ``pos`` ((1,) long): x's own K/V are first written into the fixed-size
+        buffers ``kv`` at that position, and ``mask`` ((1, 1, L) bool) admits positions up to it.
+        Cross-attention passes the K/V computed once and the memory mask (B, 1, L). Shapes stay the
+        same at every step, so a compiled step is traced once per batch shape, not per position.
+        """
+        q = self.q_norm(self._heads(self.q(x)))  # (B, H, 1, Dh)
+        k, v = kv
+        if pos is not None:
+            new_k, new_v = self.project_kv(x)
+            k.index_copy_(2, pos, new_k)
+            v.index_copy_(2, pos, new_v)
+        # Written out rather than SDPA: for a single query the SDPA CPU kernels cost more in setup
+        # than in arithmetic, and this form fuses into a couple of loops under torch.compile.
+        scores = (q @ k.transpose(-1, -2))[:, :, 0] * self.head_dim ** -0.5  # (B, H, L)
+        attn = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        y = (attn[:, :, None] @ v).reshape(x.shape)  # (B, H, 1, Dh) -> (B, 1, D)
+        return self.out(y)
 
 
 class FFN(nn.Module):
@@ -174,6 +183,6 @@ class DecoderBlock(nn.Module):
              v_buf: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
              expert_ids: torch.Tensor, present: tuple[int, ...]) -> torch.Tensor:
         """One decoding step (x: (B, 1, D)) over fixed-size buffers; the same math as ``forward``."""
-        x = x + self.self_attn.step(self.norm1(x), k_buf, v_buf, pos, self_mask)
-        x = x + self.cross_attn(self.norm2(x), mask=memory_mask, kv=cross_kv)
+        x = x + self.self_attn.step(self.norm1(x), (k_buf, v_buf), self_mask, pos)
+        x = x + self.cross_attn.step(self.norm2(x), cross_kv, memory_mask)
         return x + self.ffn.step(self.norm3(x), expert_ids, present)

@@ -83,6 +83,7 @@ class UniTokModel(nn.Module):
         self.register_buffer("patch_sincos", sincos_2d(grid, d), persistent=False)
         self.patch_pos = nn.Parameter(torch.zeros(1, cfg.num_patches, d))
         self.slot_embed = nn.Embedding(cfg.max_images, d)
+        self.mask_embed = nn.Parameter(torch.zeros(1, 1, 1, d))  # stands in for hidden patches (BEiT)
         self.prompt_pos = nn.Embedding(cfg.max_prompt_len, d)
         self.target_pos = nn.Embedding(cfg.max_target_len, d)
         n_shared = cfg.shared_expert_layers if cfg.multiway else 0
@@ -119,8 +120,9 @@ class UniTokModel(nn.Module):
 
     # ---------------------------------------------------------------- encoder
     def encode(self, prompt: torch.Tensor, prompt_mask: torch.Tensor, images: torch.Tensor | None = None,
-               image_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """prompt: (B, L) ids, prompt_mask: (B, L) bool; images: (B, N, 3, H, W) float, image_mask: (B, N) bool.
+               image_mask: torch.Tensor | None = None, patch_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompt: (B, L) ids, prompt_mask: (B, L) bool; images: (B, N, 3, H, W) float, image_mask: (B, N) bool;
+        patch_mask: (B, N, P) bool, patches replaced by the mask embedding (masked image modelling).
         Returns memory (B, S, D) and its mask (B, S) with S = N * patches + L."""
         cfg = self.cfg
         b, length = prompt.shape
@@ -135,8 +137,17 @@ class UniTokModel(nn.Module):
                 raise ValueError(f"{n} images given; this model takes at most {cfg.max_images} (model.max_images)")
             if images.shape[-2:] != (cfg.image_size, cfg.image_size):
                 raise ValueError(f"images must be {cfg.image_size}x{cfg.image_size} (model.image_size) after preprocessing, got {tuple(images.shape[-2:])}")
+            if patch_mask is not None:
+                # Blank hidden patches' pixels too: the conv stem's receptive field spans neighbouring
+                # patches, so replacing only their embeddings would leak their content.
+                g = cfg.image_size // cfg.patch_size
+                pixel_mask = patch_mask.view(b, n, 1, g, 1, g, 1).expand(-1, -1, -1, -1, cfg.patch_size, -1, cfg.patch_size)
+                images = images.masked_fill(pixel_mask.reshape(b, n, 1, cfg.image_size, cfg.image_size), 0.0)
             x = self.patch_embed(rearrange(images, "b n c h w -> (b n) c h w"))  # (B*N, D, h, w)
-            x = rearrange(x, "(b n) d h w -> b n (h w) d", b=b) + (self.patch_sincos + self.patch_pos).unsqueeze(1)
+            x = rearrange(x, "(b n) d h w -> b n (h w) d", b=b)
+            if patch_mask is not None:
+                x = torch.where(patch_mask[..., None], self.mask_embed.to(x.dtype), x)
+            x = x + (self.patch_sincos + self.patch_pos).unsqueeze(1)
             x = x + self.slot_embed.weight[:n][None, :, None, :]
             parts.append(rearrange(x, "b n p d -> b (n p) d"))
             masks.append(image_mask.repeat_interleave(cfg.num_patches, dim=1))
@@ -204,12 +215,12 @@ class UniTokModel(nn.Module):
 
     def _step(self, tokens, pos, expert_ids, present, k_bufs, v_bufs, cross, memory_mask) -> torch.Tensor:
         x = (self.embed(tokens) + self.target_pos(pos))[:, None]  # (B, 1, D)
-        self_mask = (torch.arange(k_bufs[0].shape[2], device=tokens.device) <= pos).view(1, 1, 1, -1)
-        attn_mask, expert_ids = memory_mask[:, None, None, :], expert_ids[:, None]
+        self_mask = (torch.arange(k_bufs[0].shape[2], device=tokens.device) <= pos).view(1, 1, -1)
+        attn_mask, expert_ids = memory_mask[:, None, :], expert_ids[:, None]
         for block, k_buf, v_buf, kv in zip(self.decoder, k_bufs, v_bufs, cross):
             x = block.step(x, pos, self_mask, k_buf, v_buf, kv, attn_mask, expert_ids, present)
         return F.linear(self.dec_norm(x[:, 0]), self.embed.weight)
 
-    def forward(self, prompt, prompt_mask, target_in, images=None, image_mask=None) -> torch.Tensor:
-        memory, memory_mask = self.encode(prompt, prompt_mask, images, image_mask)
+    def forward(self, prompt, prompt_mask, target_in, images=None, image_mask=None, patch_mask=None) -> torch.Tensor:
+        memory, memory_mask = self.encode(prompt, prompt_mask, images, image_mask, patch_mask)
         return self.decode(target_in, memory, memory_mask)

@@ -7,7 +7,8 @@ of examples into the model's batch tensors.
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,17 +53,24 @@ class Example:
     height: float
     reference: Any = None
     record_id: str = ""
-    extra: dict = field(default_factory=dict)
+    patch_mask: torch.Tensor | None = None  # (N, P) bool: patches hidden from the encoder (masked image modelling)
 
 
 class ExampleBuilder:
     """Applies one task spec to records. Holds no store: it is cheap to pickle into workers."""
 
-    def __init__(self, spec: TaskSpec, codec: Codec, *, image_size: int, max_prompt_len: int, meta: dict | None = None):
+    def __init__(self, spec: TaskSpec, codec: Codec, *, image_size: int, max_prompt_len: int, meta: dict | None = None,
+                 patch_size: int = 8):
         self.spec, self.codec = spec, codec
-        self.image_size, self.max_prompt_len = image_size, max_prompt_len
+        self.image_size, self.max_prompt_len, self.patch_size = image_size, max_prompt_len, patch_size
         self.meta = dict(meta or {})
         self.format: TargetFormat = FORMATS.get(spec.target.format)()
+
+    @classmethod
+    def for_model(cls, spec: TaskSpec, codec: Codec, model_cfg, meta: dict | None = None) -> "ExampleBuilder":
+        """A builder matching a model's input geometry (image size, patches, prompt length)."""
+        return cls(spec, codec, image_size=model_cfg.image_size, max_prompt_len=model_cfg.max_prompt_len,
+                   patch_size=model_cfg.patch_size, meta=meta)
 
     def context(self, width: float = 1.0, height: float = 1.0) -> FormatContext:
         return FormatContext(self.codec, self.spec.target, width, height, self.meta)
@@ -83,11 +91,18 @@ class ExampleBuilder:
         except KeyError:
             raise ExampleError(f"task {self.spec.name} ({self.spec.source}): record {record.get('id')!r} has no field {path!r} ({what})") from None
 
-    def prompt_ids(self, template: str, record: dict, item: Any, width: float, height: float) -> list[int]:
-        """Render a template: text segments through SentencePiece, ``{region}`` as 4 coordinate tokens."""
+    def prompt_ids(self, template: str, record: dict, item: Any, width: float, height: float,
+                   fields: dict[str, list[int]] | None = None) -> list[int]:
+        """Render a template: text segments through SentencePiece, ``{region}`` as 4 coordinate tokens,
+        and placeholders the target format supplies (``fields``, e.g. masked text) as their token ids."""
         ids: list[int] = []
         for literal, name, spec, conv in string.Formatter().parse(template):
             text = literal
+            if fields and name in fields:
+                if text:
+                    ids += self.codec.encode_text(text)
+                ids += fields[name]
+                continue
             if name == "region" and self.spec.inputs.region:
                 box = self._field(self.spec.inputs.region, record, item, "inputs.region")
                 if text:
@@ -123,21 +138,37 @@ class ExampleBuilder:
         """``rng`` given: a training example (sampled prompt variant and target choices); else evaluation.
         ``with_target=False``: inference on user input, where the record has no target field."""
         images, width, height = self.images(record, item)
+        # Evaluation corrupts inputs (masked patches, masked text) the same way every time.
+        noise = rng if rng is not None else np.random.default_rng(zlib.crc32(f"{record.get('id')}/{item!r}"[:200].encode()))
+        ctx = self.context(width, height)
+        if self.spec.inputs.mask_patches and images is not None:
+            ctx.patch_mask = self.patch_mask(images.shape[0], noise)
         template = self.spec.prompt[int(rng.integers(len(self.spec.prompt)))] if rng is not None else self.spec.prompt[0]
-        prompt = self.prompt_ids(template, record, item, width, height)
+        if not with_target:
+            prompt = self.prompt_ids(template, record, item, width, height)
+            return Example(self.spec.name, prompt, images, [EOS], [1.0], width, height, None, str(record.get("id", "")),
+                           patch_mask=ctx.patch_mask)
+        value = self._field(self.spec.target.field, record, item, "target.field")
+        fields, value = self.format.split(value, ctx, noise)
+        prompt = self.prompt_ids(template, record, item, width, height, fields)
         if rng is not None and self.spec.prompt_dropout and rng.random() < self.spec.prompt_dropout:
             prompt = []  # unconditional example for classifier-free guidance
-        if not with_target:
-            return Example(self.spec.name, prompt, images, [EOS], [1.0], width, height, None, str(record.get("id", "")))
-        value = self._field(self.spec.target.field, record, item, "target.field")
-        ctx = self.context(width, height)
         target, weights = self.format.encode(value, ctx, rng)
         reference = None
         if rng is None:
             reference = (self._field(self.spec.target.reference, record, item, "target.reference")
                          if self.spec.target.reference else self.format.reference(value, ctx))
-        return Example(self.spec.name, prompt, images, target + [EOS], weights + [1.0], width, height,
-                       reference, str(record.get("id", "")))
+        return Example(self.spec.name, prompt, images, target + [EOS], weights + [self.spec.target.eos_weight], width, height,
+                       reference, str(record.get("id", "")), patch_mask=ctx.patch_mask)
+
+    def patch_mask(self, n_images: int, rng: np.random.Generator) -> torch.Tensor:
+        """(N, P) bool: which patches of each image are hidden from the encoder (BEiT masking)."""
+        n_patches = (self.image_size // self.patch_size) ** 2
+        k = max(1, int(round(self.spec.inputs.mask_patches * n_patches)))
+        mask = torch.zeros(n_images, n_patches, dtype=torch.bool)
+        for i in range(n_images):
+            mask[i, torch.from_numpy(rng.choice(n_patches, size=k, replace=False))] = True
+        return mask
 
 
 @dataclass
@@ -149,6 +180,7 @@ class Batch:
     target_in: torch.Tensor  # (B, T) long: bos + target[:-1]
     target: torch.Tensor  # (B, T) long
     weights: torch.Tensor  # (B, T) float; 0 on padding
+    patch_mask: torch.Tensor | None  # (B, N, P) bool or None
     tasks: list[str]  # task of each row (rows carry no per-example tensors: each would cost a
     #                   shared-memory handle when a DataLoader worker sends the batch)
 
@@ -171,7 +203,7 @@ def collate(examples: list[Example]) -> Batch:
         weights[i, :len(e.weights)] = torch.tensor(e.weights)
     target_in = torch.cat([torch.full((b, 1), BOS, dtype=torch.long), target[:, :-1]], 1)
     n = max((0 if e.images is None else e.images.shape[0]) for e in examples)
-    images = image_mask = None
+    images = image_mask = patch_mask = None
     if n:
         shape = next(e.images for e in examples if e.images is not None).shape[1:]
         images = torch.zeros((b, n, *shape))
@@ -180,4 +212,11 @@ def collate(examples: list[Example]) -> Batch:
             if e.images is not None:
                 images[i, :e.images.shape[0]] = e.images
                 image_mask[i, :e.images.shape[0]] = True
-    return Batch(prompt, prompt_mask, images, image_mask, target_in, target, weights, [e.task for e in examples])
+        masked = [e for e in examples if e.patch_mask is not None]
+        if masked:
+            patch_mask = torch.zeros((b, n, masked[0].patch_mask.shape[1]), dtype=torch.bool)
+            for i, e in enumerate(examples):
+                if e.patch_mask is not None:
+                    patch_mask[i, :e.patch_mask.shape[0]] = e.patch_mask
+    return Batch(prompt, prompt_mask, images, image_mask, target_in, target, weights, patch_mask,
+                 [e.task for e in examples])

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..modalities.codec import Codec
 from ..registry import Registry
+from ..modalities.vocab import MASK, NOISE
 from .grammar import Grammar, GrammarBuilder, sequence_trie
 from .outputs import Box, Boxes, DenseMap, GeneratedImage, Label, Region, Text
 from .spec import Target
@@ -34,11 +36,17 @@ class FormatContext:
     width: float = 1.0  # pixel size of the input image, for coordinates
     height: float = 1.0
     meta: dict = field(default_factory=dict)  # the store's metadata (closed label sets live there)
+    patch_mask: Any = None  # (N, P) bool tensor of patches hidden from the encoder, when the task masks them
 
 
 class TargetFormat:
     def check(self, target: Target) -> list[tuple[str, str]]:
         return []
+
+    def split(self, value: Any, ctx: FormatContext, rng: np.random.Generator) -> tuple[dict[str, list[int]], Any]:
+        """Formats that corrupt their input (masked text) return prompt fields (placeholder -> token ids)
+        and the value left to predict. Most formats predict the field as it is."""
+        return {}, value
 
     def encode(self, value: Any, ctx: FormatContext, rng: np.random.Generator | None) -> tuple[list[int], list[float]]:
         raise NotImplementedError
@@ -141,6 +149,14 @@ class BoxesFormat(TargetFormat):
     ``target.order``: ``record`` keeps the record's order (the world lists objects left to right),
     which a small model learns within a short CPU budget; ``random`` shuffles per example as Pix2Seq
     does, which its authors found best for long training.
+
+    Sequence augmentation (Pix2Seq): with ``target.noise_boxes`` N, training sequences are padded
+    with noise objects up to N (jittered copies of real boxes and random boxes) labelled ``<noise>``;
+    their coordinates get loss weight 0 (nothing to learn there) and their label weight 1, so the
+    model learns to call a doubtful box noise rather than to stop early (``target.eos_weight`` lowers
+    eos further). At inference the grammar admits ``<noise>`` as a label, decoding runs over the
+    whole budget (``decoding.min_tokens``) and noise-labelled boxes are dropped; each kept box is
+    scored by its label's probability.
     """
 
     def check(self, target):
@@ -151,15 +167,25 @@ class BoxesFormat(TargetFormat):
         if rng is not None and ctx.target.order == "random":
             objects = [objects[i] for i in rng.permutation(len(objects))]
         ids: list[int] = []
+        weights: list[float] = []
         for obj in objects:
-            ids += ctx.codec.encode_box(obj[ctx.target.box], ctx.width, ctx.height)
-            ids += ctx.codec.encode_text(str(obj[ctx.target.label]))
-        return ids, [1.0] * len(ids)
+            label = ctx.codec.encode_text(str(obj[ctx.target.label]))
+            ids += ctx.codec.encode_box(obj[ctx.target.box], ctx.width, ctx.height) + label
+            weights += [1.0] * (4 + len(label))
+        if rng is not None:
+            real = [list(map(float, o[ctx.target.box])) for o in objects]
+            for _ in range(ctx.target.noise_boxes - len(objects)):
+                ids += ctx.codec.encode_box(_noise_box(rng, real, ctx.width, ctx.height), ctx.width, ctx.height) + [NOISE]
+                weights += [0.0] * 4 + [1.0]
+        return ids, weights
 
     def decode(self, ids, ctx, logprobs=None):
         codec, boxes = ctx.codec, []
         i, n = 0, len(ids)
         while i + 4 <= n and all(codec.is_coord(t) for t in ids[i:i + 4]):
+            if i + 4 < n and ids[i + 4] == NOISE:  # Pix2Seq: the model calls this box noise
+                i += 5
+                continue
             j = i + 4
             while j < n and codec.is_text(ids[j]):
                 j += 1
@@ -188,7 +214,26 @@ class BoxesFormat(TargetFormat):
         b.on(more, text, more)
         b.on(more, coords, c1)
         b.end(more)
+        if ctx.target.noise_boxes:
+            noise = b.state()
+            b.on(first, NOISE, noise)
+            b.on(noise, coords, c1)
+            b.end(noise)
         return b.build(between)
+
+
+def _noise_box(rng: np.random.Generator, real: list[list[float]], width: float, height: float) -> list[float]:
+    """A Pix2Seq noise object: half the time a real box shifted and rescaled, else a random box."""
+    if real and rng.random() < 0.5:
+        x0, y0, x1, y1 = real[int(rng.integers(len(real)))]
+        w, h = x1 - x0, y1 - y0
+        cx, cy = (x0 + x1) / 2 + rng.normal(0, 0.2) * w, (y0 + y1) / 2 + rng.normal(0, 0.2) * h
+        w, h = w * float(np.exp(rng.normal(0, 0.25))), h * float(np.exp(rng.normal(0, 0.25)))
+        box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+    else:
+        xs, ys = sorted(rng.uniform(0, width, 2)), sorted(rng.uniform(0, height, 2))
+        box = [xs[0], ys[0], xs[1], ys[1]]
+    return [min(max(v, 0.0), extent) for v, extent in zip(box, (width, height, width, height))]
 
 
 @FORMATS.register("region")
@@ -245,7 +290,13 @@ class ImageFormat(TargetFormat):
 
     def encode(self, value, ctx, rng):
         ids = ctx.codec.encode_image(_decode_image_field(value))
-        return ids, [1.0] * len(ids)
+        if ctx.patch_mask is None:
+            return ids, [1.0] * len(ids)
+        # Masked image modelling (BEiT): every code is predicted, only the hidden ones are scored.
+        h, w = ctx.codec.image.grid
+        g = int(round(ctx.patch_mask.shape[1] ** 0.5))
+        hidden = torch.nn.functional.interpolate(ctx.patch_mask[:1].view(1, 1, g, g).float(), size=(h, w), mode="nearest")
+        return ids, hidden.flatten().tolist()
 
     def decode(self, ids, ctx, logprobs=None):
         n = ctx.codec.image.num_codes
@@ -324,3 +375,60 @@ class DenseFormat(TargetFormat):
 
     def grammar(self, ctx):
         return _fixed_length_grammar(ctx.codec, "dense", ctx.codec.dense.num_codes)
+
+
+@FORMATS.register("masked_text")
+class MaskedTextFormat(TargetFormat):
+    """Masked language modelling as span corruption (T5; the BEiT-3/OFA text objective in seq2seq form).
+
+    ``split`` hides about ``target.mask_ratio`` of the text's pieces in spans; the prompt placeholder
+    ``{masked}`` receives the text with one ``<mask>`` per span, and the target is each span after its
+    own ``<mask>``: ``<mask> red circle <mask> left``. Evaluation masks deterministically per record.
+    """
+
+    def split(self, value, ctx, rng):
+        if isinstance(value, (list, tuple)):
+            value = value[int(rng.integers(len(value)))]
+        pieces = ctx.codec.encode_text(str(value))
+        n = len(pieces)
+        hide = np.zeros(n, dtype=bool)
+        budget = max(1, int(round(ctx.target.mask_ratio * n)))
+        while hide.sum() < budget:
+            length = int(min(budget - hide.sum(), rng.integers(1, 4)))
+            start = int(rng.integers(0, max(1, n - length + 1)))
+            hide[start:start + length] = True
+        prompt, target = [], []
+        for i, tok in enumerate(pieces):
+            if hide[i] and (i == 0 or not hide[i - 1]):
+                prompt.append(MASK)
+                target.append(MASK)
+            (target if hide[i] else prompt).append(tok)
+        return {"masked": prompt}, target
+
+    def encode(self, value, ctx, rng):
+        return list(value), [1.0] * len(value)
+
+    def decode(self, ids, ctx, logprobs=None):
+        spans, current = [], []
+        for t in list(ids) + [MASK]:
+            if t == MASK:
+                if current:
+                    spans.append(ctx.codec.decode_text(current).strip())
+                current = []
+            else:
+                current.append(t)
+        return Text(" | ".join(spans))
+
+    def reference(self, value, ctx):
+        return self.decode(value, ctx).text
+
+    def grammar(self, ctx):
+        b = GrammarBuilder(ctx.codec.vocab.size)
+        start, first, more = b.state(), b.state(), b.state()
+        text = ctx.codec.block_mask("text")
+        b.on(start, MASK, first)
+        b.on(first, text, more)
+        b.on(more, text, more)
+        b.on(more, MASK, first)
+        b.end(more)
+        return b.build(start)

@@ -32,6 +32,7 @@ class Inputs(_Strict):
     image2: str | None = None  # a second image (two-image reasoning)
     video: str | None = None  # a list of frames
     region: str | None = None  # a box field, rendered as 4 coordinate tokens where the prompt says {region}
+    mask_patches: float = Field(0.0, ge=0, lt=1)  # hide this fraction of image patches (BEiT masked image modelling)
 
 
 class Target(_Strict):
@@ -43,18 +44,30 @@ class Target(_Strict):
     choices: list[str] | str | None = None  # label: the closed set, or "meta:KEY" to read it from the store
     values: dict[str, str] | None = None  # label: rename raw field values (e.g. {"true": "yes"}); keys are str(value).lower()
     kind: str | None = None  # dense formats: segmentation | depth | mask
+    noise_boxes: int = Field(0, ge=0)  # boxes (Pix2Seq): in training, pad with <noise> boxes up to this many objects
+    eos_weight: float = Field(1.0, ge=0)  # loss weight of eos (Pix2Seq: low, so detection does not stop early)
     reference: str | None = None  # field the metric compares against, when not the target itself
+    mask_ratio: float = Field(0.3, gt=0, lt=1)  # masked_text: fraction of text pieces hidden
 
 
 class Decoding(_Strict):
+    """How outputs are decoded (``unitok.generation``); every field can be overridden per call.
+
+    ``score`` ranks the closed set ``target.choices`` by likelihood instead of generating.
+    ``guidance_scale`` w: classifier-free guidance, logits = cond + w * (cond - uncond), so 0 is
+    unguided (train with ``prompt_dropout`` > 0). ``min_tokens``: eos is masked before this many
+    tokens (Pix2Seq detection decodes the whole box budget)."""
+
     strategy: Literal["greedy", "beam", "sample", "score"] = "greedy"
     max_tokens: int = Field(64, ge=1, le=4096)
+    min_tokens: int = Field(0, ge=0)
     beam_size: int = Field(1, ge=1)
-    length_penalty: float = 1.0
+    length_penalty: float = 1.0  # beam: hypotheses ranked by sum log p / length ** length_penalty
     temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0)  # 0: no top-k cut
     top_p: float = Field(1.0, gt=0, le=1)
     guidance_scale: float = Field(0.0, ge=0)
+    seed: int | None = None  # sampling seed; None draws from torch's global generator
 
 
 class Splits(_Strict):
@@ -73,6 +86,7 @@ class TaskSpec(_Strict):
     target: Target
     decoding: Decoding = Decoding()
     metric: str
+    metric_options: dict = {}  # keyword options of the evaluator; "meta:KEY" values come from the store
     weight: float = Field(1.0, ge=0)
     prompt_dropout: float = Field(0.0, ge=0, lt=1)  # drop the prompt text in training (classifier-free guidance)
     source: str = ""  # the file it was loaded from (set by the loader)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import RunConfig
+from ..model.config import ModelConfig
 from ..model.transformer import UniTokModel
 from ..modalities.codec import Codec
 from ..runtime import use_bf16
@@ -37,6 +38,15 @@ from .data import MixtureDataset, MixtureSampler, TaskSource, mixture_probs
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[UniTokModel, int], dict]
+
+
+def model_config_for(run: RunConfig, codec: Codec) -> ModelConfig:
+    """The run's model sizes plus what the vocabulary decides: its size, expert routing, coordinate bins."""
+    cfg = run.model_settings()
+    cfg.vocab_size = codec.vocab.size
+    cfg.expert_ranges = codec.vocab.expert_ranges(cfg.experts)
+    cfg.coord_range = codec.vocab.range("coords")
+    return cfg
 
 
 def lr_at(step: int, *, base: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -68,10 +78,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoint"
         self.step = 0
 
-        model_cfg = run.model_settings()
-        model_cfg.vocab_size = codec.vocab.size
-        model_cfg.expert_ranges = codec.vocab.expert_ranges(model_cfg.experts)
-        model_cfg.coord_range = codec.vocab.range("coords")
+        model_cfg = model_config_for(run, codec)
         torch.manual_seed(self.cfg.seed)
         torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs
         self.model = UniTokModel(model_cfg).to(self.device)
@@ -110,7 +117,7 @@ class Trainer:
     def _to_device(self, batch: Batch) -> Batch:
         if self.device.type == "cpu":
             return batch
-        for name in ("prompt", "prompt_mask", "images", "image_mask", "target_in", "target", "weights"):
+        for name in ("prompt", "prompt_mask", "images", "image_mask", "patch_mask", "target_in", "target", "weights"):
             value = getattr(batch, name)
             if value is not None:
                 setattr(batch, name, value.to(self.device, non_blocking=True))
@@ -119,7 +126,8 @@ class Trainer:
     def _micro_step(self, batch: Batch, scale: float) -> tuple[float, dict[str, float]]:
         model = self.ddp or self.model
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = model(batch.prompt, batch.prompt_mask, batch.target_in, batch.images, batch.image_mask)
+            logits = model(batch.prompt, batch.prompt_mask, batch.target_in, batch.images, batch.image_mask,
+                           batch.patch_mask)
         loss = weighted_loss(logits, batch.target, batch.weights)
         (loss * scale).backward()
         with torch.no_grad():  # per-task loss, for the log only

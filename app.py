@@ -31,13 +31,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home; r
 import unitok  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch loads)
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from gradio import processing_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from unitok.data.world import KINDS, WorldConfig  # noqa: E402
 from unitok.inference.pipeline import Pipeline, UnknownPromptError  # noqa: E402
-from unitok.inference.visualize import PALETTE, depth_colormap  # noqa: E402
+from unitok.inference.visualize import depth_colormap  # noqa: E402
 from unitok.tasks.examples import resolve  # noqa: E402
-from unitok.tasks.outputs import Boxes, DenseMap, GeneratedImage, Label, Region, Text  # noqa: E402
+from unitok.tasks.outputs import Box, Boxes, DenseMap, GeneratedImage, Label, Region, Text  # noqa: E402
 from unitok.tasks.spec import TaskSpec  # noqa: E402
 
 log = logging.getLogger("unitok.app")
@@ -51,6 +52,26 @@ DISPLAY_SIDE = 256  # small images are shown enlarged (nearest neighbour) to abo
 # No web fonts: the browser's own sans and mono faces.
 SYSTEM_SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 SYSTEM_MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
+
+
+# --------------------------------------------------------------------------- a Gradio fix
+def _save_pil_to_cache_atomically(img: Image.Image, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """Gradio caches a result image under the hash of its bytes, rewriting the file in place on every
+    request. Two concurrent requests with the same result (same image, same boxes) then truncate the
+    file while a client downloads it ("Too little data for declared Content-Length"). Same bytes mean
+    the same file, so write it once, under a temporary name, and rename it into place."""
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = (folder / f"{name}.{format}").resolve()
+    if not path.exists():
+        part = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        part.write_bytes(data)
+        os.replace(part, path)
+    return str(path)
+
+
+processing_utils.save_pil_to_cache = _save_pil_to_cache_atomically  # used by gr.Image and gr.AnnotatedImage
 
 
 # --------------------------------------------------------------------------- uploads
@@ -146,7 +167,8 @@ def _placeholders(template: str) -> list[str]:
 
 
 def task_examples(spec: TaskSpec, folder: Path, n: int = 3, seed: int = 0, size: int = 64) -> list[dict]:
-    """Up to ``n`` held-out world records (the ``test`` split) turned into this task's inputs.
+    """Up to ``n`` held-out world records (the ``test`` split) turned into this task's inputs. A
+    placeholder the record cannot fill stays in the prompt as ``{name}`` for the user to write.
     Tasks whose data is not a world kind get none: their users upload their own."""
     if spec.data not in KINDS:
         return []
@@ -158,8 +180,8 @@ def task_examples(spec: TaskSpec, folder: Path, n: int = 3, seed: int = 0, size:
         try:
             items = resolve(spec.each, record) if spec.each else [None]
             item = items[i % len(items)] if items else None
-            fields = {k: resolve(k, record, item) for k in _placeholders(template) if k != "region"}
-            row = {"prompt": template.format(**fields, region="{region}")}
+            fields = {k: _field(k, record, item) for k in _placeholders(template)}
+            row = {}
             for slot in ("image", "image2"):
                 key = getattr(spec.inputs, slot)
                 if key:
@@ -169,10 +191,20 @@ def task_examples(spec: TaskSpec, folder: Path, n: int = 3, seed: int = 0, size:
                 row["video"] = [_write(folder / f"{record['id']}-frame{t}.png", f) for t, f in enumerate(frames)]
             if spec.inputs.region:
                 row["region"] = ", ".join(f"{v:g}" for v in resolve(spec.inputs.region, record, item))
+            row["prompt"] = template.format(**fields)
         except (KeyError, TypeError, IndexError):
             continue  # this record lacks what the task reads
         rows.append(row)
     return rows
+
+
+def _field(name: str, record: dict, item) -> str:
+    if name == "region":  # comes from the region box
+        return "{region}"
+    try:
+        return str(resolve(name, record, item))
+    except KeyError:
+        return "{" + name + "}"
 
 
 def _write(path: Path, png: bytes) -> str:
@@ -188,7 +220,8 @@ def _strip(paths: list[str]) -> tuple[Image.Image, int]:
     scale = max(1, DISPLAY_SIDE // max(max(im.size) for im in images))
     images = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
     gap = 8 if len(images) > 1 else 0
-    strip = Image.new("RGB", (sum(im.width for im in images) + gap * (len(images) - 1), max(im.height for im in images)), "white")
+    width = sum(im.width for im in images) + gap * (len(images) - 1)
+    strip = Image.new("RGB", (width, max(im.height for im in images)), "white")
     x = 0
     for im in images:
         strip.paste(im, (x, 0))
@@ -196,7 +229,7 @@ def _strip(paths: list[str]) -> tuple[Image.Image, int]:
     return strip, scale
 
 
-def _box(b, scale: int) -> tuple[int, int, int, int]:
+def _box(b: Box, scale: int) -> tuple[int, int, int, int]:
     return (int(round(b.x0 * scale)), int(round(b.y0 * scale)), int(round(b.x1 * scale)), int(round(b.y1 * scale)))
 
 
@@ -241,15 +274,14 @@ def render(output, task: str, images: list[str], region: list[float] | None):
     elif isinstance(output, (Text, Label)):
         text = output.text if isinstance(output, Text) else output.label
         if region is not None:  # region tasks: the answer labels the region it is about
-            from unitok.tasks.outputs import Box
-
             annotations = [(_box(Box(*region), scale), text[:40] or "region")]
     elif isinstance(output, DenseMap) and output.kind == "depth":
         d = output.values.astype(np.float32)
         size = strip.size if strip is not None else (d.shape[1] * 4, d.shape[0] * 4)
         picture = Image.fromarray(depth_colormap(d)).resize(size, Image.NEAREST)
         valid = d[d > 0]
-        text = f"depth: nearest {valid.min():.2f}, farthest {valid.max():.2f} (warm = near)" if valid.size else "depth: empty"
+        text = (f"depth: nearest {valid.min():.2f}, farthest {valid.max():.2f} (warm = near)" if valid.size
+                else "depth: empty")
     elif isinstance(output, DenseMap):
         annotations = _mask_annotations(output, strip.size) if strip is not None else []
         text = ", ".join(label for _, label in annotations) or "(no objects)"
@@ -269,15 +301,23 @@ def _label(spec: TaskSpec) -> str:
     return f"{spec.name} — {spec.description}" if spec.description else spec.name
 
 
+def _task_info(spec: TaskSpec) -> str:
+    takes = [slot for slot in ("image", "image2", "video", "region") if getattr(spec.inputs, slot)]
+    prompts = " · ".join(f"`{p}`" for p in spec.prompt)
+    return f"**prompts:** {prompts}  \n**takes:** {', '.join(takes) or 'a prompt only'}"
+
+
 def _default_prompt(spec: TaskSpec) -> str:
     """The task's own prompt when it needs no words from the user (a ``{region}`` comes from the box)."""
     template = spec.prompt[0]
     return template if set(_placeholders(template)) <= {"region"} else ""
 
 
-def build_demo(pipe: Pipeline, *, max_batch: int = 8, concurrency: int = 8, examples_dir: str | None = None) -> gr.Blocks:
+def build_demo(pipe: Pipeline, *, max_batch: int = 8, concurrency: int = 8,
+               examples_dir: str | None = None) -> gr.Blocks:
     tasks = pipe.tasks
     names = list(tasks)
+    start = next((n for n in ("detection", "caption") if n in tasks), names[0])  # a task most people know
     batcher = Batcher(pipe, max_batch=max_batch)
     folder = Path(examples_dir or tempfile.mkdtemp(prefix="unitok-examples-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -293,14 +333,10 @@ def build_demo(pipe: Pipeline, *, max_batch: int = 8, concurrency: int = 8, exam
         box = parse_region(region)
         typed = (prompt or "").strip()
         try:
-            if route and typed:
-                chosen = pipe.route(typed).task
-            else:
-                chosen = task
-            spec = tasks[chosen]
-            request = {"image": image, "image2": image2, "video": frames or None, "region": box, "task": chosen,
-                       "prompt": typed or _default_prompt(spec) or None}
-            example = pipe.example(**request)
+            routed = pipe.route(typed, task=None if route and typed else task)
+            chosen, spec = routed.task, tasks[routed.task]
+            example = pipe.example(typed or _default_prompt(spec) or None, task=chosen, image=image, image2=image2,
+                                   video=frames or None, region=box)
         except (UnknownPromptError, ValueError) as e:
             raise gr.Error(str(e)) from None
         try:
@@ -310,42 +346,50 @@ def build_demo(pipe: Pipeline, *, max_batch: int = 8, concurrency: int = 8, exam
             raise gr.Error(f"prediction failed: {type(e).__name__}: {e}") from None
         shown = [p for p in (image if spec.inputs.image else None, image2 if spec.inputs.image2 else None) if p]
         shown += frames if spec.inputs.video else []
-        return render(output, chosen, shown, example.extra.get("region"))
+        drawn = (box or routed.region) if spec.inputs.region else None
+        return render(output, chosen, shown, drawn)
 
     def on_task(task):
         spec = tasks[task]
-        prompts = " · ".join(spec.prompt)
         return [gr.update(visible=bool(spec.inputs.image)), gr.update(visible=bool(spec.inputs.image2)),
                 gr.update(visible=bool(spec.inputs.video)), gr.update(visible=bool(spec.inputs.region)),
-                gr.update(value=_default_prompt(spec), placeholder=spec.prompt[0], info=f"this task's prompts: {prompts}"),
-                *[gr.update(visible=name == task) for name in names]]
+                _default_prompt(spec), _task_info(spec), *[gr.update(visible=name == task) for name in names]]
 
     with gr.Blocks(title="UniTok", analytics_enabled=False) as demo:
         gr.Markdown(f"# UniTok\nOne encoder–decoder for {len(names)} vision-language tasks, every one a prompt "
                     f"turned into tokens. Pick a task and click an example, or upload your own image "
                     f"(PNG/JPEG/WebP/BMP/GIF, up to {MAX_UPLOAD_MB} MB, {MIN_SIDE}–{MAX_SIDE} px a side). "
                     f"A typed prompt goes to the task whose template it matches.")
-        first = tasks[names[0]]
+        # Inputs a task does not take are hidden through their containers: clicking an example resets
+        # the input components themselves to how they were built.
+        first = tasks[start]
         with gr.Row():
             with gr.Column():
-                task = gr.Dropdown([(_label(tasks[n]), n) for n in names], value=names[0], label="task", elem_id="task")
+                task = gr.Dropdown([(_label(tasks[n]), n) for n in names], value=start, label="task", elem_id="task")
+                task_info = gr.Markdown(_task_info(first), elem_id="task-info")
                 # No initial value, so the per-task API endpoints default to the task's own prompt;
                 # the page fills it on load (`on_task`).
-                prompt = gr.Textbox(label="prompt", placeholder=first.prompt[0], elem_id="prompt")
+                prompt = gr.Textbox(label="prompt", placeholder="one of the task's prompts; empty: its first",
+                                    elem_id="prompt")
                 with gr.Row():
-                    image = gr.Image(label="image", type="filepath", sources=["upload", "clipboard"],
-                                          visible=bool(first.inputs.image), elem_id="image")
-                    image2 = gr.Image(label="second image", type="filepath", sources=["upload", "clipboard"],
-                                           visible=bool(first.inputs.image2), elem_id="image2")
-                video = gr.File(label="video frames, in order", file_count="multiple", file_types=["image"],
-                                type="filepath", visible=bool(first.inputs.video), elem_id="video")
-                region = gr.Textbox(label="region: x0, y0, x1, y1 in pixels", visible=bool(first.inputs.region),
-                                    elem_id="region")
+                    with gr.Column(visible=bool(first.inputs.image), min_width=160) as image_box:
+                        image = gr.Image(label="image", type="filepath", sources=["upload", "clipboard"],
+                                         elem_id="image")
+                    with gr.Column(visible=bool(first.inputs.image2), min_width=160) as image2_box:
+                        image2 = gr.Image(label="second image", type="filepath", sources=["upload", "clipboard"],
+                                          elem_id="image2")
+                with gr.Group(visible=bool(first.inputs.video)) as video_box:
+                    video = gr.File(label="video frames, in order", file_count="multiple", file_types=["image"],
+                                    type="filepath", elem_id="video")
+                    frames_preview = gr.Gallery(label="frames", columns=8, height=120, interactive=False,
+                                                show_label=False, elem_id="frames")
+                with gr.Column(visible=bool(first.inputs.region)) as region_box:
+                    region = gr.Textbox(label="region: x0, y0, x1, y1 in pixels", elem_id="region")
                 run = gr.Button("Run", variant="primary", elem_id="run")
                 example_groups = []
                 inputs_of = {"prompt": prompt, "image": image, "image2": image2, "video": video, "region": region}
                 for name in names:
-                    with gr.Column(visible=name == names[0], elem_id=f"examples-{name}") as group:
+                    with gr.Column(visible=name == start, elem_id=f"examples-{name}") as group:
                         rows = task_examples(tasks[name], folder)
                         if rows:
                             keys = list(rows[0])
@@ -358,9 +402,10 @@ def build_demo(pipe: Pipeline, *, max_batch: int = 8, concurrency: int = 8, exam
                                    elem_id="result-picture")
                 text = gr.Textbox(label="answer", lines=4, elem_id="result-text", interactive=False)
                 structured = gr.JSON(label="structured output", elem_id="result-json")
-        task_view = [image, image2, video, region, prompt, *example_groups]
+        task_view = [image_box, image2_box, video_box, region_box, prompt, task_info, *example_groups]
         task.change(on_task, task, task_view, queue=False, api_visibility="private")
         demo.load(on_task, task, task_view, queue=False, api_visibility="private")
+        video.change(lambda files: files or None, video, frames_preview, queue=False, api_visibility="private")
         inputs, outputs = [prompt, image, image2, video, region], [annotated, picture, text, structured]
         # preprocess=False: uploads reach `predict` as file payloads, validated by `checked_image`.
         run.click(partial(predict, route=True), [task, *inputs], outputs, api_name="predict", preprocess=False,

@@ -197,7 +197,8 @@ def cmd_predict(args) -> None:
     if args.save_vis:
         from .inference.visualize import visualize
 
-        visualize(output, args.image).save(args.save_vis)
+        first = args.image or (args.video or [None])[0]
+        visualize(output, first, region=args.region).save(args.save_vis)
         print(f"saved {args.save_vis}", file=sys.stderr)
 
 

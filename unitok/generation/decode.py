@@ -1,27 +1,62 @@
-"""Constrained generation: every row of a batch follows its own task's grammar.
+"""Constrained generation: every row of a batch follows its own task's grammar and settings.
 
-Rows of one batch may belong to different tasks: ``grammar_index[b]`` picks row b's grammar in
-the stacked table and ``max_tokens[b]`` its budget. The decoder runs with a KV cache (self-attention
-K/V grow by one token a step; cross-attention K/V are computed once).
+Rows of one batch may belong to different tasks: ``grammar_index[b]`` picks row b's grammar in the
+stacked table and ``RowSettings`` its budget, strategy (greedy or sampled) and guidance. The
+decoder runs one token per step over a KV cache (self-attention K/V grow by one position a step,
+cross-attention K/V are computed once); ``use_cache=False`` re-runs the decoder over the whole
+prefix each step, which only the benchmark and the tests want.
+
+Classifier-free guidance (Ho & Salimans): the rows with ``guidance_scale`` w > 0 get a twin row
+whose prompt is empty (as ``prompt_dropout`` trained it) and whose output follows the real row's
+tokens; the real row's logits become cond + w * (cond - uncond). Rows with w = 0 get no twin, so
+w = 0 is exactly unguided decoding.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..model.transformer import UniTokModel
-from ..modalities.vocab import BOS, EOS
-from ..tasks.grammar import StackedGrammar
+from ..modalities.vocab import BOS, EOS, PAD
+from .constraints import Constraint, allowed_tokens
+from .options import DecodingOptions, RowSettings
+from .sampling import choose
+
+
+@dataclass
+class EncoderInputs:
+    prompt: torch.Tensor  # (B, L) long
+    prompt_mask: torch.Tensor  # (B, L) bool
+    images: torch.Tensor | None = None  # (B, N, 3, S, S)
+    image_mask: torch.Tensor | None = None  # (B, N) bool
+    patch_mask: torch.Tensor | None = None  # (B, N, P) bool: patches hidden from the encoder
+
+    def to(self, device) -> "EncoderInputs":
+        return EncoderInputs(*(None if t is None else t.to(device) for t in self._fields()))
+
+    def rows(self, index: torch.Tensor) -> "EncoderInputs":
+        return EncoderInputs(*(None if t is None else t[index] for t in self._fields()))
+
+    def unconditional(self) -> "EncoderInputs":
+        """The same rows with the prompt dropped: one pad key, as ``collate`` encodes an empty prompt."""
+        b = self.prompt.shape[0]
+        prompt = torch.full((b, 1), PAD, dtype=torch.long, device=self.prompt.device)
+        return EncoderInputs(prompt, torch.ones_like(prompt, dtype=torch.bool), self.images, self.image_mask,
+                             self.patch_mask)
+
+    def _fields(self) -> tuple:
+        return self.prompt, self.prompt_mask, self.images, self.image_mask, self.patch_mask
 
 
 @dataclass
 class Generated:
     tokens: list[list[int]]  # per row, without eos
-    logprobs: list[list[float]]  # per token, under the constrained distribution
-    finished: list[bool]  # False when the budget ran out before eos
+    logprobs: list[list[float]]  # per token, under the constrained distribution (temperature 1)
+    finished: list[bool]  # False only if a row's budget ran out before eos
 
 
 def autocast_for(device: torch.device | str, enabled: bool = True):
@@ -29,45 +64,166 @@ def autocast_for(device: torch.device | str, enabled: bool = True):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
+def encode(model: UniTokModel, inputs: EncoderInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    return model.encode(inputs.prompt, inputs.prompt_mask, inputs.images, inputs.image_mask, inputs.patch_mask)
+
+
+def _cat_memory(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]):
+    """Stack two encoder outputs of different lengths along the batch, padding keys masked out."""
+    (ma, ka), (mb, kb) = a, b
+    s = max(ma.shape[1], mb.shape[1])
+    pad = lambda m, k: (F.pad(m, (0, 0, 0, s - m.shape[1])), F.pad(k, (0, s - k.shape[1])))  # noqa: E731
+    (ma, ka), (mb, kb) = pad(ma, ka), pad(mb, kb)
+    return torch.cat([ma, mb]), torch.cat([ka, kb])
+
+
+class Decoder:
+    """Next-token logits for a batch, one step at a time, with or without the KV cache."""
+
+    def __init__(self, model: UniTokModel, memory: torch.Tensor, memory_mask: torch.Tensor, horizon: int, *,
+                 use_cache: bool = True, compiled: bool = False):
+        self.model, self.memory, self.memory_mask = model, memory, memory_mask
+        self.use_cache, self.compiled = use_cache, compiled
+        b = memory.shape[0]
+        self.caches = model.start_caches(memory, horizon) if use_cache else None
+        self.seq = torch.full((b, 1), BOS, dtype=torch.long, device=memory.device)
+        self._checked: set = set()  # compiled functions whose guards this generation has passed once
+
+    def _feed(self, tokens: torch.Tensor | None) -> None:
+        if tokens is not None:
+            self.seq = torch.cat([self.seq, tokens[:, None]], 1) if not self.use_cache else tokens[:, None]
+
+    def __call__(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        """tokens: (B,) the tokens chosen at the previous step (None at the first). Returns (B, V) float."""
+        self._feed(tokens)
+        if not self.use_cache:
+            return self.model.decode(self.seq, self.memory, self.memory_mask)[:, -1].float()
+        if not self.compiled:
+            return self.model.decode_step(self.seq[:, -1], self.caches, self.memory_mask).float()
+        args = self.model.step_inputs(self.seq[:, -1], self.caches, self.memory_mask)
+        logits = self._run(self.model.step_logits, *args)
+        self.model.advance_caches(self.caches)
+        return logits.float()
+
+    def _run(self, fn, *args):
+        """``fn`` compiled (position 0 runs eagerly: its size-1 prefix would be specialised).
+
+        Dynamo checks ~1,500 guards per call, a large share of a small model's step. Within one
+        generation only the prefix length (a dynamic dimension) and the experts in use change, so
+        after the first checked call the remaining steps skip the guards that cannot differ
+        (``skip_guard_eval_unsafe``); a step that would need a new graph raises, and is re-run
+        with full checks."""
+        if self.caches[0].length == 0:
+            return fn(*args)
+        compiled = self.model.compiled(fn)
+        if fn in self._checked:
+            try:
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    return compiled(*args)
+            except RuntimeError as e:
+                if "ecompil" not in str(e):
+                    raise
+        out = compiled(*args)
+        self._checked.add(fn)
+        return out
+
+    def greedy(self, tokens: torch.Tensor | None, constraint: Constraint, states: torch.Tensor, left: torch.Tensor,
+               eos_blocked: torch.Tensor | None, finished: torch.Tensor):
+        """One greedy step with the grammar mask, token choice and bookkeeping fused into the
+        compiled decoder step (one compiled call per token). Returns the masked logits, the
+        tokens, their log-probs, the next grammar states and the finished flags."""
+        self._feed(tokens)
+        args = self.model.step_inputs(self.seq[:, -1], self.caches, self.memory_mask)
+        out = self._run(_greedy_step, self.model, args, constraint.need, constraint.grammar.next, states, left,
+                        eos_blocked, finished)
+        self.model.advance_caches(self.caches)
+        return out
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (beam search); rows stay within their example, so memory is unchanged."""
+        if self.use_cache:
+            for cache in self.caches:
+                cache.reorder(index, cross=False)
+        self.seq = self.seq[index]
+
+
+def _greedy_step(model: UniTokModel, args: tuple, need: torch.Tensor, nxt: torch.Tensor, states: torch.Tensor,
+                 left: torch.Tensor, eos_blocked: torch.Tensor | None, finished: torch.Tensor):
+    logits = model.step_logits(*args).float()
+    logits = logits.masked_fill(~allowed_tokens(need, states, left, eos_blocked), float("-inf"))
+    tokens = torch.where(finished, EOS, logits.argmax(-1))
+    logp = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
+    return logits, tokens, logp, nxt[states, tokens].long(), finished | (tokens == EOS)
+
+
+def _as_rows(options: DecodingOptions | Sequence[DecodingOptions], b: int) -> list[DecodingOptions]:
+    rows = [options] * b if isinstance(options, DecodingOptions) else list(options)
+    if len(rows) != b:
+        raise ValueError(f"{len(rows)} decoding options for {b} rows")
+    return rows
+
+
 @torch.inference_mode()
-def generate(model: UniTokModel, prompt: torch.Tensor, prompt_mask: torch.Tensor, images: torch.Tensor | None,
-             image_mask: torch.Tensor | None, grammar: StackedGrammar, grammar_index: torch.Tensor,
-             max_tokens: torch.Tensor, *, bf16: bool = True, use_cache: bool = True) -> Generated:
-    """Greedy decoding under the grammar. ``max_tokens``: (B,) budget per row, eos excluded."""
+def generate(model: UniTokModel, inputs: EncoderInputs, constraint: Constraint, grammar_index: torch.Tensor,
+             options: DecodingOptions | Sequence[DecodingOptions], *, generator: torch.Generator | None = None,
+             use_cache: bool = True, compiled: bool = False, bf16: bool = False) -> Generated:
+    """Greedy or sampled decoding (per row) under each row's grammar, with optional guidance."""
     model.eval()
-    device = prompt.device
-    b = prompt.shape[0]
-    horizon = int(max_tokens.max()) + 1  # room for eos
+    device = inputs.prompt.device
+    b = inputs.prompt.shape[0]
+    opts = _as_rows(options, b)
+    if any(o.beams > 1 for o in opts):
+        raise ValueError("generate() decodes greedy and sampled rows; beam search is beam_search()")
+    rows = RowSettings.from_options(opts, device)
+    grammar_index = grammar_index.to(device)
+    constraint = constraint if constraint.need.device == device else constraint.to(device)
+    budget = constraint.budgets(grammar_index, rows.max_tokens, model.cfg.max_target_len - 1)
+    horizon = int(budget.max()) + 1  # room for eos
+    guided = (rows.guidance_scale > 0).nonzero(as_tuple=True)[0]
+    block_eos = bool((rows.min_tokens > 0).any())
     with autocast_for(device, bf16):
-        memory, memory_mask = model.encode(prompt, prompt_mask, images, image_mask)
-        caches = model.new_caches(b, horizon, memory.dtype, device) if use_cache else None
-        states = grammar.start_states(grammar_index.to(grammar.offsets.device))
-        seq = torch.full((b, 1), BOS, dtype=torch.long, device=device)
-        out_tokens = torch.full((b, horizon), EOS, dtype=torch.long)
-        out_logp = torch.zeros((b, horizon))
-        finished = torch.zeros(b, dtype=torch.bool)
-        for step in range(horizon):
-            step_in = seq[:, -1:] if use_cache else seq
-            logits = model.decode(step_in, memory, memory_mask, caches)[:, -1].float()
-            allowed = grammar.mask(states)
-            # Out of budget: end the row now if its grammar allows eos; otherwise it stays truncated.
-            over = (step >= max_tokens) & allowed[:, EOS]
-            allowed = torch.where(over[:, None], F.one_hot(torch.tensor(EOS), allowed.shape[1]).bool(), allowed)
-            logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-            nxt = logp.argmax(-1)
-            nxt = torch.where(finished, torch.full_like(nxt, EOS), nxt)
-            out_tokens[:, step] = nxt
-            out_logp[:, step] = logp.gather(1, nxt[:, None])[:, 0]
-            states = grammar.advance(states, nxt)
-            finished |= (nxt == EOS) | (step >= max_tokens)
+        memory = encode(model, inputs)
+        if guided.numel():
+            memory = _cat_memory(memory, encode(model, inputs.rows(guided).unconditional()))
+        step = Decoder(model, *memory, horizon, use_cache=use_cache, compiled=compiled)
+        states = constraint.start_states(grammar_index)
+        out_tokens = torch.full((b, horizon), EOS, dtype=torch.long, device=device)
+        out_logp = torch.zeros((b, horizon), device=device)
+        finished = torch.zeros(b, dtype=torch.bool, device=device)
+        scale = rows.guidance_scale[guided, None]
+        fused = use_cache and compiled and not guided.numel() and not bool(rows.sample.any())
+        tokens = None
+        for t in range(horizon):
+            if fused:  # greedy rows only: the whole step is one compiled call
+                _, tokens, logp, states, finished = step.greedy(
+                    tokens, constraint, states, budget + 1 - t, (t < rows.min_tokens) if block_eos else None, finished)
+                out_tokens[:, t], out_logp[:, t] = tokens, logp
+                if bool(finished.all()):
+                    break
+                continue
+            logits = step(tokens if tokens is None or not guided.numel() else torch.cat([tokens, tokens[guided]]))
+            if guided.numel():
+                cond, uncond = logits[guided], logits[b:]
+                logits = logits[:b].index_copy(0, guided, cond + scale * (cond - uncond))
+            allowed = constraint.allowed(states, budget + 1 - t, (t < rows.min_tokens) if block_eos else None)
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            tokens = choose(logits, rows, generator)
+            tokens = torch.where(finished, torch.full_like(tokens, EOS), tokens)
+            out_tokens[:, t] = tokens
+            out_logp[:, t] = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
+            states = constraint.advance(states, tokens)
+            finished |= tokens == EOS
             if bool(finished.all()):
                 break
-            seq = torch.cat([seq, nxt[:, None]], 1)
-    tokens, logprobs, done = [], [], []
-    for i in range(b):
-        row = out_tokens[i].tolist()
-        n = row.index(EOS) if EOS in row else min(int(max_tokens[i]), horizon)
-        tokens.append(row[:n])
-        logprobs.append(out_logp[i, :n].tolist())
+    return _collect(out_tokens, out_logp, budget)
+
+
+def _collect(tokens: torch.Tensor, logp: torch.Tensor, budget: torch.Tensor) -> Generated:
+    out, lps, done = [], [], []
+    tokens, logp = tokens.cpu(), logp.cpu()
+    for i, row in enumerate(tokens.tolist()):
+        n = row.index(EOS) if EOS in row else int(budget[i])
+        out.append(row[:n])
+        lps.append(logp[i, :n].tolist())
         done.append(EOS in row)
-    return Generated(tokens, logprobs, done)
+    return Generated(out, lps, done)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..checkpoint import load_checkpoint
@@ -60,8 +59,15 @@ def _template_pattern(template: str) -> re.Pattern:
 
 @dataclass
 class Route:
+    """The task a prompt goes to, and the words its template's placeholders captured."""
+
     task: str
     fields: dict[str, str]
+
+    @property
+    def region(self) -> list[float] | None:
+        """A ``{region}`` written in the prompt as four numbers, else None."""
+        return _parse_region(self.fields["region"]) if "region" in self.fields else None
 
 
 class Pipeline:
@@ -77,17 +83,26 @@ class Pipeline:
     def from_pretrained(cls, path: str | os.PathLike | None = None, *, device: str = "cpu", bf16: bool | str = "auto") -> "Pipeline":
         path = Path(path) if path else DEFAULT_CHECKPOINT
         if not path.exists():
-            hint = " (the shipped default; train one with `unitok train` and pass its checkpoint/)" if path == DEFAULT_CHECKPOINT else ""
+            shipped = path == DEFAULT_CHECKPOINT
+            hint = " (the shipped default; train one with `unitok train` and pass its checkpoint/)" if shipped else ""
             raise FileNotFoundError(f"no checkpoint at {path}{hint}")
         ckpt = load_checkpoint(path, device=device)
-        torch.set_grad_enabled(False)
         return cls(Predictor(ckpt.model, ckpt.codec, ckpt.tasks, bf16=bf16, device=device), str(path))
 
     @property
     def tasks(self) -> dict:
         return self.predictor.tasks
 
-    def route(self, prompt: str) -> Route:
+    def route(self, prompt: str | None, task: str | None = None) -> Route:
+        """The task whose template ``prompt`` matches; with ``task`` given, that task, with whatever
+        its templates capture from the prompt (nothing if it does not fit)."""
+        if task is not None:
+            if task not in self.tasks:
+                raise UnknownPromptError(f"unknown task {task!r}; this checkpoint has: {', '.join(self.tasks)}")
+            matches = [p.match(_normalise(prompt)) for n, p in self._patterns if n == task] if prompt else []
+            return Route(task, next(({k: v.strip() for k, v in m.groupdict().items()} for m in matches if m), {}))
+        if not prompt:
+            raise UnknownPromptError("give a prompt or task=NAME")
         norm = _normalise(prompt)
         for name, pattern in self._patterns:
             m = pattern.match(norm)
@@ -99,21 +114,11 @@ class Pipeline:
 
     def example(self, prompt: str | None = None, *, image=None, image2=None, video=None, region=None,
                 task: str | None = None, **fields) -> Example:
-        if task is not None:
-            if task not in self.tasks:
-                raise UnknownPromptError(f"unknown task {task!r}; this checkpoint has: {', '.join(self.tasks)}")
-            route = Route(task, {})
-            if prompt:
-                m = [p.match(_normalise(prompt)) for n, p in self._patterns if n == task]
-                route.fields = next(({k: v.strip() for k, v in x.groupdict().items()} for x in m if x), {})
-        else:
-            if not prompt:
-                raise UnknownPromptError("give a prompt or task=NAME")
-            route = self.route(prompt)
+        route = self.route(prompt, task)
         spec = self.tasks[route.task]
         record: dict = {**route.fields, **fields}
-        if spec.inputs.region and region is None and "region" in route.fields:
-            region = _parse_region(route.fields["region"])
+        if spec.inputs.region and region is None:
+            region = route.region
         missing = sorted(spec.placeholders() - {"region"} - set(record))
         if missing:
             prompts = ", ".join(repr(t) for t in spec.prompt)
@@ -154,12 +159,9 @@ class Pipeline:
         record["width"], record["height"] = size if size else (1, 1)
         builder = self.predictor.builders[route.task]
         try:
-            example = builder.build(record, with_target=False)
+            return builder.build(record, with_target=False)
         except ExampleError as e:
             raise ValueError(str(e)) from None
-        if spec.inputs.region:
-            example.extra["region"] = record[spec.inputs.region]  # for drawing the region the answer is about
-        return example
 
     def __call__(self, prompt: str | None = None, **kwargs):
         return self.batch([{"prompt": prompt, **kwargs}])[0]

@@ -35,15 +35,23 @@ def segmentation_overlay(image: Image.Image, classes: np.ndarray, alpha: float =
     return Image.fromarray(out.astype(np.uint8))
 
 
-def visualize(output, image=None, *, scale: int = 4) -> Image.Image:
-    """A PIL image showing ``output`` on ``image`` (path, bytes, array or PIL)."""
+def _auto_scale(size: tuple[int, int], scale: int | None) -> int:
+    """Small images are enlarged (nearest neighbour) to about 256 pixels a side, so boxes and text read."""
+    return scale or max(1, 256 // max(size))
+
+
+def visualize(output, image=None, *, scale: int | None = None, region=None) -> Image.Image:
+    """A PIL image showing ``output`` on ``image`` (path, bytes, array or PIL). ``region``: the
+    ``[x0, y0, x1, y1]`` box a region task was asked about, drawn with its answer."""
     if isinstance(output, GeneratedImage):
         img = Image.fromarray(output.image)
+        scale = _auto_scale(img.size, scale)
         return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     if isinstance(image, str):
         with open(image, "rb") as f:
             image = f.read()
     base = load_image(image) if image is not None else Image.new("RGB", (64, 64))
+    scale = _auto_scale(base.size, scale)
     big = base.resize((base.width * scale, base.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(big)
     if isinstance(output, (Boxes, Region)):
@@ -59,6 +67,9 @@ def visualize(output, image=None, *, scale: int = 4) -> Image.Image:
         return segmentation_overlay(big, output.values)
     elif isinstance(output, (Text, Label)):
         text = output.text if isinstance(output, Text) else output.label
+        if region is not None:
+            x0, y0, x1, y1 = (float(v) * scale for v in region)
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=PALETTE[0], width=2)
         canvas = Image.new("RGB", (big.width, big.height + 40), (255, 255, 255))
         canvas.paste(big, (0, 0))
         ImageDraw.Draw(canvas).text((4, big.height + 4), text[:80], fill=(0, 0, 0))

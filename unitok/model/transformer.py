@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import ModelConfig
-from .layers import DecoderBlock, EncoderBlock, KVCache
+from .layers import DecoderBlock, EncoderBlock, KVCache, step_linear
 
 TEXT_EXPERT, VISION_EXPERT = 0, 1
 
@@ -193,33 +193,54 @@ class UniTokModel(nn.Module):
                     compiled: bool = False) -> torch.Tensor:
         """tokens: (B,) each row's latest token. Returns logits (B, V) for the next position.
 
-        The same function as ``decode`` with caches, with the per-token overhead cut: the self-attention
-        buffers keep one shape for the whole generation and routing needs no data-dependent shapes,
-        so ``compiled=True`` (``torch.compile``) traces it once per batch shape."""
+        The same function as ``decode`` with caches, with the per-token overhead cut (one-query
+        attention written out, routing without data-dependent shapes), so that ``compiled=True``
+        (``torch.compile``) can trace it once: the prefix length is a dynamic dimension, so steps
+        attend over the positions filled so far without a recompilation per position.
+        """
+        args = self.step_inputs(tokens, caches, memory_mask)
+        fn = self.compiled(self.step_logits) if compiled and caches[0].length > 0 else self.step_logits
+        logits = fn(*args)
+        self.advance_caches(caches)
+        return logits
+
+    def step_inputs(self, tokens: torch.Tensor, caches: list[KVCache], memory_mask: torch.Tensor) -> tuple:
+        """The arguments of ``step_logits`` for the next position of ``caches``."""
         pos = caches[0].length
         if pos >= min(caches[0].k.shape[2], self.cfg.max_target_len):
             raise ValueError(f"decoding step {pos} is past the cache ({caches[0].k.shape[2]}) or "
                              f"model.max_target_len={self.cfg.max_target_len}")
         expert_ids = self.token_expert[tokens]
-        present = tuple(torch.unique(expert_ids).tolist()) if self.cfg.multiway else (0,)
-        fn = self._step
-        if compiled:
-            if getattr(self, "_compiled_step", None) is None:
-                self._compiled_step = torch.compile(self._step, dynamic=False)
-            fn = self._compiled_step
-        logits = fn(tokens, torch.tensor([pos], device=tokens.device), expert_ids, present,
-                    [c.k for c in caches], [c.v for c in caches], [c.cross for c in caches], memory_mask)
-        for c in caches:
-            c.length = pos + 1
-        return logits
+        present = tuple(sorted(set(expert_ids.tolist()))) if self.cfg.multiway else (0,)
+        # The prefix length travels as a tensor's size, not as a Python int that a compiled step
+        # would bake in; position 0 (size 1, which dynamo specialises) is best run uncompiled.
+        prefix = torch.empty(pos + 1, device=tokens.device)
+        if pos > 0:
+            torch._dynamo.maybe_mark_dynamic(prefix, 0)
+        return (tokens, prefix, expert_ids, present, [c.k for c in caches], [c.v for c in caches],
+                [c.cross for c in caches], memory_mask)
 
-    def _step(self, tokens, pos, expert_ids, present, k_bufs, v_bufs, cross, memory_mask) -> torch.Tensor:
-        x = (self.embed(tokens) + self.target_pos(pos))[:, None]  # (B, 1, D)
-        self_mask = (torch.arange(k_bufs[0].shape[2], device=tokens.device) <= pos).view(1, 1, -1)
+    @staticmethod
+    def advance_caches(caches: list[KVCache]) -> None:
+        for c in caches:
+            c.length += 1
+
+    def compiled(self, fn):
+        """``torch.compile(fn)``, built once per model and function (kept off the module's state)."""
+        table = self.__dict__.setdefault("_compiled_fns", {})
+        key = getattr(fn, "__func__", fn)
+        if key not in table:
+            table[key] = torch.compile(fn)
+        return table[key]
+
+    def step_logits(self, tokens, prefix, expert_ids, present, k_bufs, v_bufs, cross, memory_mask) -> torch.Tensor:
+        """Logits (B, V) at position ``len(prefix) - 1``; writes that position's K/V into the buffers."""
+        length = prefix.shape[0]  # positions filled after this step
+        x = (self.embed(tokens) + self.target_pos.weight[length - 1])[:, None]  # (B, 1, D)
         attn_mask, expert_ids = memory_mask[:, None, :], expert_ids[:, None]
         for block, k_buf, v_buf, kv in zip(self.decoder, k_bufs, v_bufs, cross):
-            x = block.step(x, pos, self_mask, k_buf, v_buf, kv, attn_mask, expert_ids, present)
-        return F.linear(self.dec_norm(x[:, 0]), self.embed.weight)
+            x = block.step(x, length, k_buf, v_buf, kv, attn_mask, expert_ids, present)
+        return step_linear(self.dec_norm(x[:, 0]), self.embed.weight)
 
     def forward(self, prompt, prompt_mask, target_in, images=None, image_mask=None, patch_mask=None) -> torch.Tensor:
         memory, memory_mask = self.encode(prompt, prompt_mask, images, image_mask, patch_mask)

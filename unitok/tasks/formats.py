@@ -366,9 +366,12 @@ class DenseFormat(TargetFormat):
         return out.astype(values.dtype)
 
     def _classes(self, ctx) -> list[str] | None:
+        """Segmentation class names: ``target.choices`` (e.g. ``meta:categories``, resolved into the
+        checkpoint's spec at training time), after the implicit background class 0."""
         if ctx.target.kind != "segmentation":
             return None
-        return ["background"] + [str(c) for c in ctx.meta.get("categories", [])]
+        names = ctx.target.choices if isinstance(ctx.target.choices, list) else ctx.meta.get("categories", [])
+        return ["background"] + [str(c) for c in names]
 
     def reference(self, value, ctx):
         return DenseMap(self._values(value, ctx), ctx.target.kind, self._classes(ctx))

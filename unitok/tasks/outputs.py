@@ -49,6 +49,12 @@ class Region:
 class GeneratedImage:
     image: np.ndarray  # HxWx3 uint8
 
+    def pil(self):
+        """The image as a PIL image."""
+        from PIL import Image
+
+        return Image.fromarray(self.image)
+
 
 @dataclass
 class DenseMap:

@@ -1,0 +1,102 @@
+"""Grammar constraints for decoding, with a token budget that every row is guaranteed to meet.
+
+A task grammar (``unitok.tasks.grammar``) says which tokens may follow; it does not say whether a
+row can still *finish* within its budget. ``Constraint`` adds, per (state, token), the least number
+of tokens a row needs to reach eos after taking that token (``need``). A step then allows token v
+in state s only if ``need[s, v]`` fits the tokens left, so a row runs out of budget only at eos:
+every output parses (image and dense grids come out with exactly h*w codes, boxes never stop
+halfway through one). The mask for a whole batch is one gather and one compare.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from ..modalities.vocab import EOS
+from ..tasks.grammar import StackedGrammar
+
+UNREACHABLE = 2 ** 30
+
+
+def completion_lengths(allowed: torch.Tensor, nxt: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """(S,) least tokens (eos included) from each state to a done state; UNREACHABLE if none.
+
+    A breadth-first search backwards over the distinct (state -> state) edges: the DFA tables are
+    (S, V), but a state has only a few distinct successors.
+    """
+    S = allowed.shape[0]
+    src, tok = allowed.nonzero(as_tuple=True)
+    pairs = torch.unique(src * S + nxt[src, tok].long())
+    preds: dict[int, list[int]] = {}
+    for s, d in zip((pairs // S).tolist(), (pairs % S).tolist()):
+        if s != d:
+            preds.setdefault(d, []).append(s)
+    dist = [UNREACHABLE] * S
+    queue = deque(int(d) for d in done.tolist())
+    for d in queue:
+        dist[d] = 0
+    while queue:
+        d = queue.popleft()
+        for s in preds.get(d, ()):
+            if dist[s] == UNREACHABLE:
+                dist[s] = dist[d] + 1
+                queue.append(s)
+    return torch.tensor(dist, dtype=torch.long)
+
+
+class Constraint:
+    """A stacked grammar plus the ``need`` table; built once per set of tasks and reused."""
+
+    def __init__(self, grammar: StackedGrammar):
+        self.grammar = grammar
+        self.dist = completion_lengths(grammar.allowed, grammar.next, grammar.done)
+        # need[s, v]: tokens still to emit, v and eos included, when v is taken in s.
+        need = 1 + self.dist[grammar.next.long()]
+        self.need = torch.where(grammar.allowed, need, torch.full_like(need, UNREACHABLE)).to(torch.int32)
+        self.vocab_size = grammar.allowed.shape[1]
+
+    def to(self, device: torch.device | str) -> "Constraint":
+        g = self.grammar
+        out = object.__new__(Constraint)
+        out.grammar = StackedGrammar(g.allowed.to(device), g.next.to(device), g.offsets.to(device), g.done.to(device))
+        out.dist, out.need, out.vocab_size = self.dist.to(device), self.need.to(device), self.vocab_size
+        return out
+
+    def start_states(self, grammar_index: torch.Tensor) -> torch.Tensor:
+        return self.grammar.offsets[grammar_index].long()
+
+    def shortest(self, grammar_index: torch.Tensor) -> torch.Tensor:
+        """(B,) the fewest tokens (eos excluded) a row's grammar can produce."""
+        return self.dist[self.start_states(grammar_index)] - 1
+
+    def budgets(self, grammar_index: torch.Tensor, max_tokens: torch.Tensor, limit: int) -> torch.Tensor:
+        """Per-row budgets: at least what the grammar needs (an image grid has an exact length), at
+        most ``limit`` (the model's decoder positions minus eos)."""
+        shortest = self.shortest(grammar_index)
+        if bool((shortest >= UNREACHABLE - 1).any()):
+            raise ValueError("a task grammar has no way to reach eos")
+        if int(shortest.max()) > limit:
+            raise ValueError(f"a task's grammar needs {int(shortest.max())} tokens but the model decodes at most "
+                             f"{limit} (model.max_target_len - 1)")
+        return torch.maximum(max_tokens, shortest).clamp(max=limit)
+
+    def allowed(self, states: torch.Tensor, left: torch.Tensor, eos_blocked: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, V) bool: tokens each row may take now. ``left``: (B,) tokens the row may still emit,
+        eos included; ``eos_blocked``: (B,) rows where eos is masked unless nothing else is allowed."""
+        return allowed_tokens(self.need, states, left, eos_blocked)
+
+    def advance(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.grammar.advance(states, tokens)
+
+
+def allowed_tokens(need: torch.Tensor, states: torch.Tensor, left: torch.Tensor,
+                   eos_blocked: torch.Tensor | None = None) -> torch.Tensor:
+    """``Constraint.allowed`` as a plain function of tensors (it also runs inside a compiled step)."""
+    ok = need[states] <= left.clamp(min=1)[:, None]
+    is_eos = torch.arange(ok.shape[1], device=ok.device) == EOS
+    if eos_blocked is not None:
+        other = (ok & ~is_eos).any(1)
+        ok = ok & ~(is_eos & (eos_blocked & other)[:, None])
+    # A row with nothing left (a dead beam-search hypothesis) may only end, which keeps it finite.
+    return ok | (is_eos & ~ok.any(1, keepdim=True))

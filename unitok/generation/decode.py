@@ -130,8 +130,8 @@ class Decoder:
     def greedy(self, tokens: torch.Tensor | None, constraint: Constraint, states: torch.Tensor, left: torch.Tensor,
                eos_blocked: torch.Tensor | None, finished: torch.Tensor):
         """One greedy step with the grammar mask, token choice and bookkeeping fused into the
-        compiled decoder step (one compiled call per token). Returns the masked logits, the
-        tokens, their log-probs, the next grammar states and the finished flags."""
+        compiled decoder step (one compiled call per token). Returns the tokens, their log-probs,
+        the next grammar states and the finished flags."""
         self._feed(tokens)
         args = self.model.step_inputs(self.seq[:, -1], self.caches, self.memory_mask)
         out = self._run(_greedy_step, self.model, args, constraint.need, constraint.grammar.next, states, left,
@@ -153,7 +153,7 @@ def _greedy_step(model: UniTokModel, args: tuple, need: torch.Tensor, nxt: torch
     logits = logits.masked_fill(~allowed_tokens(need, states, left, eos_blocked), float("-inf"))
     tokens = torch.where(finished, EOS, logits.argmax(-1))
     logp = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
-    return logits, tokens, logp, nxt[states, tokens].long(), finished | (tokens == EOS)
+    return tokens, logp, nxt[states, tokens].long(), finished | (tokens == EOS)
 
 
 def _as_rows(options: DecodingOptions | Sequence[DecodingOptions], b: int) -> list[DecodingOptions]:
@@ -195,7 +195,7 @@ def generate(model: UniTokModel, inputs: EncoderInputs, constraint: Constraint, 
         tokens = None
         for t in range(horizon):
             if fused:  # greedy rows only: the whole step is one compiled call
-                _, tokens, logp, states, finished = step.greedy(
+                tokens, logp, states, finished = step.greedy(
                     tokens, constraint, states, budget + 1 - t, (t < rows.min_tokens) if block_eos else None, finished)
                 out_tokens[:, t], out_logp[:, t] = tokens, logp
                 if bool(finished.all()):

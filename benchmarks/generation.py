@@ -30,20 +30,22 @@ import time
 from pathlib import Path
 
 import unitok  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+
+# isort: split
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from unitok.config import load_config  # noqa: E402
-from unitok.generation import Constraint, DecodingOptions, EncoderInputs, generate  # noqa: E402
-from unitok.model.config import ModelConfig  # noqa: E402
-from unitok.model.transformer import UniTokModel  # noqa: E402
-from unitok.modalities.vocab import BOS, EOS, PAD  # noqa: E402
-from unitok.recipes import build_codec  # noqa: E402
-from unitok.tasks.formats import FORMATS, FormatContext  # noqa: E402
-from unitok.tasks.grammar import stack_grammars  # noqa: E402
-from unitok.tasks.spec import Target  # noqa: E402
+from unitok.config import load_config
+from unitok.generation import Constraint, DecodingOptions, EncoderInputs, generate
+from unitok.modalities.vocab import BOS, EOS, PAD
+from unitok.model.config import ModelConfig
+from unitok.model.transformer import UniTokModel
+from unitok.recipes import build_codec
+from unitok.tasks.formats import FORMATS, FormatContext
+from unitok.tasks.grammar import stack_grammars
+from unitok.tasks.spec import Target
 
 MODES = ("unitok no cache", "unitok KV cache", "unitok compiled", "T5 generate")
 

@@ -25,18 +25,20 @@ import time
 from pathlib import Path
 
 import unitok  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+
+# isort: split
 import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from unitok import recipes  # noqa: E402
-from unitok.checkpoint import load_checkpoint  # noqa: E402
-from unitok.config import load_config  # noqa: E402
-from unitok.inference.evaluate import eval_examples  # noqa: E402
-from unitok.inference.predictor import Predictor  # noqa: E402
-from unitok.eval import build_evaluator  # noqa: E402
+from unitok import recipes
+from unitok.checkpoint import load_checkpoint
+from unitok.config import load_config
+from unitok.eval import build_evaluator
+from unitok.inference.evaluate import eval_examples
+from unitok.inference.predictor import Predictor
 
 MICRO = {"model.d_model": 128, "model.enc_layers": 2, "model.dec_layers": 2, "model.n_heads": 4,
          "train.lr": 2e-3, "train.warmup": 30, "train.batch_size": 32, "train.save_every": 100000,

@@ -10,14 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from unitok.generation import Constraint, DecodingOptions, EncoderInputs, beam_search, generate
+from unitok.generation import (
+    Constraint,
+    DecodingOptions,
+    EncoderInputs,
+    beam_search,
+    generate,
+)
+from unitok.inference.predictor import Predictor
 from unitok.modalities.codec import Codec
 from unitok.modalities.text import TextTokenizer
 from unitok.modalities.vocab import EOS, MASK, NOISE
 from unitok.modalities.vqvae import DenseTokenizer, ImageTokenizer, VQVAEConfig
 from unitok.model.config import ModelConfig
 from unitok.model.transformer import UniTokModel
-from unitok.inference.predictor import Predictor
 from unitok.tasks.examples import Example
 from unitok.tasks.formats import FORMATS, FormatContext
 from unitok.tasks.grammar import stack_grammars
@@ -25,8 +31,9 @@ from unitok.tasks.outputs import Boxes, DenseMap, GeneratedImage, Label, Region,
 from unitok.tasks.spec import parse_task
 
 REPO = Path(__file__).resolve().parents[1]
-VQ = dict(image_size=(32, 32), patch=4, channels=(16, 16), decoder_res_blocks=1, latent_dim=16, embed_dim=8,
-          codebook_size=32, codebook_dim=8)  # a 4x4 code grid: image and dense targets are 16 codes
+# A 4x4 code grid: image and dense targets are 16 codes.
+VQ = {"image_size": (32, 32), "patch": 4, "channels": (16, 16), "decoder_res_blocks": 1, "latent_dim": 16,
+      "embed_dim": 8, "codebook_size": 32, "codebook_dim": 8}
 
 # One task per registered format; a new format must be added here, so it is covered too.
 TARGETS = {
@@ -79,7 +86,7 @@ def examples_for(tasks, seed: int = 0, per_task: int = 1) -> list[Example]:
 def well_formed(name: str, tokens: list[int], output, codec: Codec, spec) -> bool:
     """The token sequence is a complete sentence of the format, and it parsed into the right type."""
     coord, text = codec.is_coord, codec.is_text
-    in_block = lambda t, block: codec.vocab.range(block)[0] <= t < codec.vocab.range(block)[1]  # noqa: E731
+    in_block = lambda t, block: codec.vocab.range(block)[0] <= t < codec.vocab.range(block)[1]
     if name == "text":
         return isinstance(output, Text) and len(tokens) > 0 and all(map(text, tokens))
     if name == "label":

@@ -9,12 +9,12 @@ normalised score is the most likely token.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from ..model.transformer import UniTokModel
 from ..modalities.vocab import EOS
+from ..model.transformer import UniTokModel
 from .constraints import Constraint
 from .decode import Decoder, EncoderInputs, Generated, _as_rows, autocast_for, encode
 from .options import DecodingOptions, RowSettings
@@ -38,7 +38,7 @@ def beam_search(model: UniTokModel, inputs: EncoderInputs, constraint: Constrain
     constraint = constraint if constraint.need.device == device else constraint.to(device)
     budget = constraint.budgets(grammar_index, rows.max_tokens, model.cfg.max_target_len - 1)
     horizon = int(budget.max()) + 1
-    expand = lambda t: t.repeat_interleave(K, 0)  # noqa: E731  (B, ...) -> (B*K, ...), beams of a row adjacent
+    expand = lambda t: t.repeat_interleave(K, 0)
     budget_k, alpha, min_tokens = expand(budget), expand(rows.length_penalty), expand(rows.min_tokens)
     block_eos = bool((min_tokens > 0).any())
     n = b * K

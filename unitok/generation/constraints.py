@@ -56,7 +56,7 @@ class Constraint:
         self.need = torch.where(grammar.allowed, need, torch.full_like(need, UNREACHABLE)).to(torch.int32)
         self.vocab_size = grammar.allowed.shape[1]
 
-    def to(self, device: torch.device | str) -> "Constraint":
+    def to(self, device: torch.device | str) -> Constraint:
         g = self.grammar
         out = object.__new__(Constraint)
         out.grammar = StackedGrammar(g.allowed.to(device), g.next.to(device), g.offsets.to(device), g.done.to(device))

@@ -13,15 +13,15 @@ w = 0 is exactly unguided decoding.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..model.transformer import UniTokModel
 from ..modalities.vocab import BOS, EOS, PAD
+from ..model.transformer import UniTokModel
 from .constraints import Constraint, allowed_tokens
 from .options import DecodingOptions, RowSettings
 from .sampling import choose
@@ -35,13 +35,13 @@ class EncoderInputs:
     image_mask: torch.Tensor | None = None  # (B, N) bool
     patch_mask: torch.Tensor | None = None  # (B, N, P) bool: patches hidden from the encoder
 
-    def to(self, device) -> "EncoderInputs":
+    def to(self, device) -> EncoderInputs:
         return EncoderInputs(*(None if t is None else t.to(device) for t in self._fields()))
 
-    def rows(self, index: torch.Tensor) -> "EncoderInputs":
+    def rows(self, index: torch.Tensor) -> EncoderInputs:
         return EncoderInputs(*(None if t is None else t[index] for t in self._fields()))
 
-    def unconditional(self) -> "EncoderInputs":
+    def unconditional(self) -> EncoderInputs:
         """The same rows with the prompt dropped: one pad key, as ``collate`` encodes an empty prompt."""
         b = self.prompt.shape[0]
         prompt = torch.full((b, 1), PAD, dtype=torch.long, device=self.prompt.device)
@@ -72,7 +72,7 @@ def _cat_memory(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, tor
     """Stack two encoder outputs of different lengths along the batch, padding keys masked out."""
     (ma, ka), (mb, kb) = a, b
     s = max(ma.shape[1], mb.shape[1])
-    pad = lambda m, k: (F.pad(m, (0, 0, 0, s - m.shape[1])), F.pad(k, (0, s - k.shape[1])))  # noqa: E731
+    pad = lambda m, k: (F.pad(m, (0, 0, 0, s - m.shape[1])), F.pad(k, (0, s - k.shape[1])))
     (ma, ka), (mb, kb) = pad(ma, ka), pad(mb, kb)
     return torch.cat([ma, mb]), torch.cat([ka, kb])
 

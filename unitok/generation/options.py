@@ -8,8 +8,8 @@ applies every row's settings in one tensor operation.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import torch
 
@@ -53,12 +53,12 @@ class DecodingOptions:
             raise ValueError("decoding options: " + "; ".join(problems))
 
     @classmethod
-    def from_spec(cls, decoding, **overrides) -> "DecodingOptions":
+    def from_spec(cls, decoding, **overrides) -> DecodingOptions:
         """``decoding``: a task spec's ``Decoding`` (or any object with these attributes)."""
         base = {f.name: getattr(decoding, f.name) for f in fields(cls) if hasattr(decoding, f.name)}
         return cls(**base).replace(**overrides)
 
-    def replace(self, **overrides) -> "DecodingOptions":
+    def replace(self, **overrides) -> DecodingOptions:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -89,7 +89,7 @@ class RowSettings:
     length_penalty: torch.Tensor  # float
 
     @classmethod
-    def from_options(cls, options: Sequence[DecodingOptions], device: torch.device | str = "cpu") -> "RowSettings":
+    def from_options(cls, options: Sequence[DecodingOptions], device: torch.device | str = "cpu") -> RowSettings:
         def col(name, dtype, fn=lambda v: v):
             return torch.tensor([fn(getattr(o, name)) for o in options], dtype=dtype, device=device)
 
@@ -98,5 +98,5 @@ class RowSettings:
                    col("temperature", torch.float), col("top_k", torch.long), col("top_p", torch.float),
                    col("guidance_scale", torch.float), col("length_penalty", torch.float))
 
-    def select(self, index: torch.Tensor) -> "RowSettings":
+    def select(self, index: torch.Tensor) -> RowSettings:
         return RowSettings(*(getattr(self, f.name)[index] for f in fields(self)))

@@ -7,12 +7,12 @@ its candidates, and all candidates go through the decoder together, teacher-forc
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from ..model.transformer import UniTokModel
 from ..modalities.vocab import BOS, EOS, PAD
+from ..model.transformer import UniTokModel
 from .decode import EncoderInputs, autocast_for, encode
 
 

@@ -42,6 +42,13 @@ def test_data_build_inspect_show(tmp_path):
     png = tmp_path / "r.png"
     unitok("data", "show", store, "--index", 2, "--out", png)
     assert png.stat().st_size > 0
+    raw = tmp_path / "raw.png"
+    unitok("data", "show", store, "--index", 2, "--out", raw, "--image-only")
+    from PIL import Image
+
+    from unitok.data.store import RecordStore
+
+    assert Image.open(raw).size == (48, 48) and raw.read_bytes() == RecordStore(store)[2]["image"]
     again = unitok("data", "build", "world", "--n", 2, "--out", store, check=False)
     assert again.returncode != 0 and "already exists" in again.stderr
 
@@ -70,3 +77,35 @@ def test_predict_and_eval_on_a_trained_checkpoint(trained, tmp_path):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert 0 <= metrics["detection"]["map@0.5"] <= 1
     assert (tmp_path / "ev" / "metrics.md").read_text().count("|") > 4
+
+
+def test_export_writes_a_release_copy_and_refuses_changed_training_fields(trained, tmp_path):
+    run, out, _ = trained
+    import yaml
+
+    from unitok.checkpoint import load_checkpoint
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name in ("caption", "detection"):
+        spec = yaml.safe_load((Path(run.tasks.dir) / f"{name}.yaml").read_text())
+        if name == "caption":
+            spec["decoding"]["max_tokens"] = 20  # evaluation-side: refreshed on export
+        (tasks / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    proc = unitok("export", "--checkpoint", out / "checkpoint", "--out", tmp_path / "rel", "--tasks-dir", tasks,
+                  "--dtype", "bfloat16")
+    assert "exported" in proc.stdout
+    rel = tmp_path / "rel"
+    assert not (rel / "trainer.safetensors").exists() and not (rel / "trainer.json").exists()
+    src = (out / "checkpoint" / "model.safetensors").stat().st_size
+    assert (rel / "model.safetensors").stat().st_size < 0.6 * src  # bf16 halves the weights
+    ckpt = load_checkpoint(rel)
+    assert ckpt.tasks["caption"].decoding.max_tokens == 20
+    assert ckpt.tasks["detection"].target == load_checkpoint(out / "checkpoint").tasks["detection"].target
+    spec = yaml.safe_load((tasks / "detection.yaml").read_text())
+    spec["target"]["field"] = "regions"  # training-side: the export must refuse it, naming file and field
+    (tasks / "detection.yaml").write_text(yaml.safe_dump(spec))
+    bad = unitok("export", "--checkpoint", out / "checkpoint", "--out", tmp_path / "rel2", "--tasks-dir", tasks,
+                 check=False)
+    assert bad.returncode != 0 and "detection.yaml: field 'target'" in bad.stderr
+    assert not (tmp_path / "rel2").exists()

@@ -34,7 +34,7 @@ def _overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key] = _value(value)
     return out
@@ -74,6 +74,15 @@ def cmd_data_stats(args) -> None:
 def cmd_data_show(args) -> None:
     from .data.tools import show
 
+    if args.image_only:  # the record's own image, as a model would see it: no drawing, no scaling
+        from .data.store import RecordStore
+
+        store = RecordStore(args.dir)
+        if not 0 <= args.index < len(store):
+            raise IndexError(f"{store.path}: index {args.index} out of range for {len(store)} records")
+        Path(args.out).write_bytes(store[args.index]["image"])
+        print(args.out)
+        return
     print(show(args.dir, args.index, args.out))
 
 
@@ -170,6 +179,14 @@ def cmd_eval(args) -> None:
     print(format_table(results))
 
 
+def cmd_export(args) -> None:
+    from .recipes import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, tasks_dir=args.tasks_dir, dtype=args.dtype)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    print(f"exported {args.checkpoint} -> {path} ({size / 1e6:.1f} MB)")
+
+
 # ------------------------------------------------------------------- predict
 def _jsonable(obj):
     if is_dataclass(obj):
@@ -192,7 +209,8 @@ def cmd_predict(args) -> None:
         kwargs["video"] = args.video
     if args.region:
         kwargs["region"] = args.region
-    output = pipe(args.prompt, **{k: v for k, v in kwargs.items() if v is not None})
+    output = pipe(args.prompt, decoding=_overrides(args.decode),
+                  **{k: v for k, v in kwargs.items() if v is not None})
     print(json.dumps({"output": _jsonable(output), "type": type(output).__name__}, indent=1))
     if args.save_vis:
         from .inference.visualize import visualize
@@ -233,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--index", type=int, default=0)
     s.add_argument("--out", default="record.png")
+    s.add_argument("--image-only", action="store_true", help="write the record's image alone, unannotated")
     s.set_defaults(fn=cmd_data_show)
 
     tok = sub.add_parser("tokenizers", help="train modality tokenizers").add_subparsers(dest="sub", required=True)
@@ -272,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="where metrics.json and metrics.md go (default: the checkpoint dir)")
     ev.set_defaults(fn=cmd_eval)
 
+    ex = sub.add_parser("export", help="a release copy of a checkpoint: weights only, no optimizer state")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--tasks-dir", help="refresh the specs' evaluation fields (decoding, metric, ...) from here")
+    ex.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ex.set_defaults(fn=cmd_export)
+
     pr = sub.add_parser("predict", help="run one prompt on an image")
     pr.add_argument("--image")
     pr.add_argument("--image2")
@@ -281,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--task")
     pr.add_argument("--checkpoint", help="default: the shipped checkpoints/default")
     pr.add_argument("--save-vis", help="write a visualisation PNG")
+    pr.add_argument("--decode", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override the task's decoding settings, e.g. strategy=beam beam_size=4, or strategy=sample seed=0")
     pr.set_defaults(fn=cmd_predict)
     return p
 

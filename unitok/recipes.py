@@ -195,5 +195,40 @@ def evaluate_checkpoint(path: str | Path, run: RunConfig | None = None, *, tasks
                               seed=w.seed, size=w.size)
         stores[name] = RecordStore(p)
     predictor = Predictor(ckpt.model, ckpt.codec, chosen)
-    return evaluate_tasks(predictor, stores, max_examples=max_examples, batch_size=batch_size)
+    return evaluate_tasks(predictor, stores, max_examples=max_examples, batch_size=batch_size, reference_logp=True)
 
+
+
+# Spec fields that only change how a task is decoded and scored, not what the model learned: these may be
+# refreshed from tasks/ when a checkpoint is exported. Everything else must match the trained spec.
+EVAL_FIELDS = ("description", "decoding", "metric", "metric_options", "retrieval_pool")
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, *, tasks_dir: str | Path | None = None,
+                      dtype: str = "float32") -> Path:
+    """A release copy of a training checkpoint: weights (``dtype``), config, vocabulary, tokenizers and task
+    specs, without the optimizer state. With ``tasks_dir``, the evaluation-side fields (`EVAL_FIELDS`) of
+    each spec are refreshed from that directory; a spec whose training-side fields differ is refused."""
+    import torch
+
+    from .checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    tasks = dict(ckpt.tasks)
+    if tasks_dir is not None:
+        current = load_tasks(tasks_dir, [n for n in tasks if (Path(tasks_dir) / f"{n}.yaml").exists()], formats=FORMATS)
+        for name, new in current.items():
+            old = tasks[name]
+            keep = set(TaskSpec.model_fields) - set(EVAL_FIELDS) - {"source", "target"}
+            changed = [f for f in sorted(keep) if getattr(old, f) != getattr(new, f)]
+            t_old, t_new = old.target.model_dump(exclude={"choices"}), new.target.model_dump(exclude={"choices"})
+            if changed or t_old != t_new:
+                raise TaskSpecError(f"{new.source}: field '{(changed or ['target'])[0]}' differs from the spec the "
+                                    f"checkpoint {src} was trained on; retrain, or export without --tasks-dir")
+            update = {f: getattr(new, f) for f in EVAL_FIELDS}
+            # "meta:KEY" options were resolved from the training store into the checkpoint: keep those values.
+            update["metric_options"] = {k: old.metric_options[k] if isinstance(v, str) and v.startswith("meta:")
+                                        and k in old.metric_options else v for k, v in new.metric_options.items()}
+            tasks[name] = old.model_copy(update=update)
+    return save_checkpoint(dst, ckpt.model, ckpt.codec, tasks, ckpt.run,
+                           dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])

@@ -9,7 +9,7 @@ The contract and the list of metrics are in `unitok.eval.registry`. This layer r
 structured outputs of `unitok.tasks.outputs`; it never imports training code.
 """
 from .base import Evaluator
-from .registry import EVALUATORS, build_evaluator, evaluate, metric_names, register_evaluator
+from .registry import EVALUATORS, build_evaluator, evaluate, metric_names, primary_key, register_evaluator
 from .report import format_table, write_results
 
 # Importing the metric modules registers their evaluators.
@@ -23,6 +23,7 @@ __all__ = [
     "evaluate",
     "format_table",
     "metric_names",
+    "primary_key",
     "register_evaluator",
     "write_results",
 ]

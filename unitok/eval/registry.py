@@ -113,3 +113,13 @@ def evaluate(metric: str, pairs: Iterable[tuple], **options: Any) -> dict[str, f
         else:
             raise ValueError(f"{metric}: expected (prediction, reference[, image_id]), got {len(pair)} items")
     return evaluator.compute()
+
+
+def primary_key(metric: str) -> str:
+    """The key of ``metric``'s headline number in its results (``"coco_map"`` -> ``"map"``,
+    ``"grounding_acc@0.5"`` -> ``"acc@0.5"``), without building an evaluator."""
+    stem, at, suffix = metric.partition("@")
+    cls = EVALUATORS.get(metric if metric in EVALUATORS else stem)
+    if at and cls.suffix_option:
+        return f"{cls.primary.partition('@')[0]}@{float(suffix):g}"
+    return cls.primary

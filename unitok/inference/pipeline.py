@@ -12,6 +12,7 @@ the prompt (``what is in [10, 12, 30, 40]?``).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import string
@@ -163,17 +164,34 @@ class Pipeline:
         except ExampleError as e:
             raise ValueError(str(e)) from None
 
-    def __call__(self, prompt: str | None = None, **kwargs):
-        return self.batch([{"prompt": prompt, **kwargs}])[0]
+    def __call__(self, prompt: str | None = None, *, decoding: dict | None = None, **kwargs):
+        """One request. ``decoding`` overrides the task spec's ``decoding:`` for it, e.g.
+        ``{"strategy": "sample", "top_p": 0.9, "seed": 0}`` or ``{"strategy": "beam", "beam_size": 4}``."""
+        return self.batch([{"prompt": prompt, **kwargs}], decoding=decoding)[0]
 
-    def batch(self, requests: list[dict]) -> list:
-        """Run requests of any mix of tasks in one generation batch; returns their outputs in order."""
-        return self.run([self.example(**r) for r in requests])
+    def batch(self, requests: list[dict], *, decoding: dict | None = None) -> list:
+        """Run requests of any mix of tasks in one generation batch; returns their outputs in order.
+        ``decoding`` overrides every row's decoding settings; a request's own ``"decoding"`` entry
+        overrides its row's (rows with different overrides decode in separate batches)."""
+        groups: dict[str, list[int]] = {}
+        examples, overrides = [], []
+        for i, r in enumerate(requests):
+            r = dict(r)
+            row = {**(decoding or {}), **(r.pop("decoding", None) or {})}
+            examples.append(self.example(**r))
+            overrides.append(row)
+            groups.setdefault(json.dumps(row, sort_keys=True, default=str), []).append(i)
+        out: list = [None] * len(requests)
+        for rows in groups.values():
+            for i, o in zip(rows, self.run([examples[i] for i in rows], **overrides[rows[0]])):
+                out[i] = o
+        return out
 
-    def run(self, examples: list[Example]) -> list:
+    def run(self, examples: list[Example], **decoding) -> list:
         """Outputs of already built examples (``example(...)``), in one generation batch. Lets a server
-        build each request on its own, so one bad request fails alone, then batch the good ones."""
-        return [p.output for p in self.predictor.predict(examples)]
+        build each request on its own, so one bad request fails alone, then batch the good ones.
+        Keyword ``decoding`` settings (``strategy=``, ``beam_size=``, ``max_tokens=`` ...) override the specs'."""
+        return [p.output for p in self.predictor.predict(examples, **decoding)]
 
 
 def _read(value):

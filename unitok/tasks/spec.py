@@ -87,6 +87,9 @@ class TaskSpec(_Strict):
     decoding: Decoding = Decoding()
     metric: str
     metric_options: dict = {}  # keyword options of the evaluator; "meta:KEY" values come from the store
+    # > 0: evaluation also ranks each example's true target among the targets of the other examples of its
+    # pool of this many (candidate scoring), reporting retrieval r@1 / r@5 alongside the metric.
+    retrieval_pool: int = Field(0, ge=0)
     weight: float = Field(1.0, ge=0)
     prompt_dropout: float = Field(0.0, ge=0, lt=1)  # drop the prompt text in training (classifier-free guidance)
     source: str = ""  # the file it was loaded from (set by the loader)

@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--set", nargs="*", default=[])
+    ap.add_argument("--modes", default="fp32,bf16", help="comma list of fp32,bf16 (bf16 is slow without native bf16)")
     ap.add_argument("--out")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
@@ -61,8 +62,10 @@ def main() -> None:
     results = {"config": args.config, "params": None, "batch_size": args.batch_size, "steps": args.steps,
                "threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16()}
     results["matmul_gflops_fp32"] = matmul_gflops(torch.float32)
-    results["matmul_gflops_bf16"] = matmul_gflops(torch.bfloat16)
-    for mode in ("fp32", "bf16"):
+    modes = args.modes.split(",")
+    if "bf16" in modes:
+        results["matmul_gflops_bf16"] = matmul_gflops(torch.bfloat16)
+    for mode in modes:
         torch.manual_seed(0)
         model = UniTokModel(cfg)
         results["params"] = model.num_params()
@@ -87,7 +90,8 @@ def main() -> None:
         # MFU: achieved model FLOP/s over the matmul rate of the same dtype, measured in this run.
         results[f"{mode}_mfu"] = rate * flops_per_example / (results[f"matmul_gflops_{mode}"] * 1e9)
         results["gflops_per_example"] = flops_per_example / 1e9
-    results["bf16_over_fp32"] = results["bf16_examples_per_s"] / results["fp32_examples_per_s"]
+    if len(modes) == 2:
+        results["bf16_over_fp32"] = results["bf16_examples_per_s"] / results["fp32_examples_per_s"]
     print(json.dumps(results, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The Gradio demo (`app.py`) served in-process on a free port and called as a user's script would,
 through `gradio_client`: every task's endpoint, bad uploads, a failing request, concurrent clients.
-Also the Pipeline behaviours the page relies on (routing, forced tasks, regions, mixed batches)."""
+Also the Pipeline behaviours the page relies on (routing, forced tasks, regions, mixed batches).
+It serves the shipped default checkpoint (`checkpoints/default`), as `python app.py` does."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +18,7 @@ import unitok  # noqa: F401  (before torch: OMP_WAIT_POLICY)
 from unitok.inference.pipeline import Pipeline, UnknownPromptError
 from unitok.tasks.outputs import Box, Boxes, DenseMap, GeneratedImage, Label, Region, Text
 
-from conftest import REPO, micro_config
+from conftest import REPO
 
 # What each target format answers with (a format not listed here is only checked to answer).
 OUTPUT_TYPES = {"text": Text, "label": Label, "boxes": Boxes, "region": Region, "image": GeneratedImage,
@@ -41,27 +42,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def all_tasks_checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint for every task in tasks/: a very small model, a few steps, the shipped VQ-VAE
-    tokenizers for image and dense targets. Its answers are poor; the tests check the plumbing."""
-    from unitok import recipes
-
-    tmp = tmp_path_factory.mktemp("app")
-    tokenizers = REPO / "tokenizers"
-    run = micro_config(tmp, **{"tasks.dir": str(REPO / "tasks"), "tasks.names": None,
-                               "tokenizers.image": str(tokenizers / "image_vq"),
-                               "tokenizers.dense": str(tokenizers / "dense_vq"),
-                               "model.d_model": 64, "model.enc_layers": 1, "model.dec_layers": 1,
-                               "data.world.train": 40, "data.world.val": 6, "train.eval_examples": 3,
-                               "train.batch_size": 8, "train.num_workers": 0, "train.warmup": 2})
-    recipes.train_text_tokenizer(run)
-    recipes.train(run, tmp / "run", steps=4)
-    return tmp / "run" / "checkpoint"
-
-
-@pytest.fixture(scope="module")
-def pipe(all_tasks_checkpoint) -> Pipeline:
-    return Pipeline.from_pretrained(all_tasks_checkpoint)
+def pipe() -> Pipeline:
+    """The shipped default checkpoint: every task in tasks/, what `python app.py` serves."""
+    return Pipeline.from_pretrained()
 
 
 @pytest.fixture(scope="module")

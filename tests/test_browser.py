@@ -42,15 +42,14 @@ def browser_available():
 
 
 @pytest.fixture(scope="module")
-def served_app(browser_available, trained, tmp_path_factory):
-    """The demo on a free port, serving the micro caption + detection model."""
+def served_app(browser_available, tmp_path_factory):
+    """The demo on a free port, serving the shipped default checkpoint (what `python app.py` serves)."""
     from test_app import free_port, load_app
 
     from unitok.inference.pipeline import Pipeline
 
-    _, out, _ = trained
     app = load_app()
-    demo = app.build_demo(Pipeline.from_pretrained(out / "checkpoint"),
+    demo = app.build_demo(Pipeline.from_pretrained(),
                           examples_dir=str(tmp_path_factory.mktemp("examples")))
     app.launch(demo, port=free_port(), block=False, quiet=True)
     try:
@@ -112,8 +111,12 @@ def test_page_runs_detection_and_captioning_on_an_example(served_app, tmp_path):
             page.locator("#run").click()
             expect(page.get_by_text(re.compile("notes.png\\) is not an image this demo can read")).first).to_be_visible(
                 timeout=60_000)
+            # ... and the server goes on answering: another example scene, detection again.
             page.locator("#examples-caption tr.tr-body").nth(1).click()
+            page.locator("#task input").click()
+            page.get_by_role("option", name=re.compile("^detection")).click()
             page.locator("#run").click()
+            expect(page.locator("#result-json")).to_contain_text("Boxes", timeout=120_000)
             expect(answer).not_to_have_value(caption, timeout=120_000)
         finally:
             context.close()

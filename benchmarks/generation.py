@@ -145,6 +145,23 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def profile(config: str, b: int, n: int, prompt_len: int) -> None:
+    """Self time per op and per inductor kernel of one compiled greedy generation (after two warm-ups)."""
+    import torch._inductor.config as inductor_config
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    inductor_config.cpp.enable_kernel_profile = True  # name each generated C++ kernel in the profile
+    codec, _, ours, constraint, t5 = build(config)
+    prompt = torch.randint(*codec.vocab.range("text"), (b, prompt_len), generator=torch.Generator().manual_seed(b))
+    with torch.inference_mode():
+        for _ in range(2):
+            run_mode("unitok compiled", ours, constraint, t5, prompt, n)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            run_mode("unitok compiled", ours, constraint, t5, prompt, n)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=70))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=["tiny", "small"])
@@ -157,6 +174,9 @@ def main() -> None:
     ap.add_argument("--compile", nargs="*", default=["tiny"],
                     help="configs whose compiled mode is measured (compiling costs ~30-60 s per batch shape)")
     ap.add_argument("--cpp-wrapper", action="store_true", help="torch.compile with inductor's C++ wrapper")
+    ap.add_argument("--profile", metavar="CONFIG:BATCH",
+                    help="instead: profile one compiled generation (torch.profiler, inductor kernels named) and print "
+                         "where a step's time goes, e.g. --profile tiny:16")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,6 +188,10 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    if args.profile:
+        config, batch = args.profile.split(":")
+        profile(config, int(batch), args.new_tokens[0], args.prompt_len)
+        return
     started = time.perf_counter()
     results = {"command": " ".join(["python", "benchmarks/generation.py"] + sys.argv[1:]),
                "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,

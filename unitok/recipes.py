@@ -198,7 +198,6 @@ def evaluate_checkpoint(path: str | Path, run: RunConfig | None = None, *, tasks
     return evaluate_tasks(predictor, stores, max_examples=max_examples, batch_size=batch_size, reference_logp=True)
 
 
-
 # Spec fields that only change how a task is decoded and scored, not what the model learned: these may be
 # refreshed from tasks/ when a checkpoint is exported. Everything else must match the trained spec.
 EVAL_FIELDS = ("description", "decoding", "metric", "metric_options", "retrieval_pool")
@@ -213,14 +212,16 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, tasks_dir: str | Path
 
     from .checkpoint import save_checkpoint
 
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"export dtype must be float32 or bfloat16, got {dtype!r}")
     ckpt = load_checkpoint(src)
     tasks = dict(ckpt.tasks)
     if tasks_dir is not None:
         current = load_tasks(tasks_dir, [n for n in tasks if (Path(tasks_dir) / f"{n}.yaml").exists()], formats=FORMATS)
+        keep = sorted(set(TaskSpec.model_fields) - set(EVAL_FIELDS) - {"source", "target"})
         for name, new in current.items():
             old = tasks[name]
-            keep = set(TaskSpec.model_fields) - set(EVAL_FIELDS) - {"source", "target"}
-            changed = [f for f in sorted(keep) if getattr(old, f) != getattr(new, f)]
+            changed = [f for f in keep if getattr(old, f) != getattr(new, f)]
             t_old, t_new = old.target.model_dump(exclude={"choices"}), new.target.model_dump(exclude={"choices"})
             if changed or t_old != t_new:
                 raise TaskSpecError(f"{new.source}: field '{(changed or ['target'])[0]}' differs from the spec the "
@@ -230,5 +231,4 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, tasks_dir: str | Path
             update["metric_options"] = {k: old.metric_options[k] if isinstance(v, str) and v.startswith("meta:")
                                         and k in old.metric_options else v for k, v in new.metric_options.items()}
             tasks[name] = old.model_copy(update=update)
-    return save_checkpoint(dst, ckpt.model, ckpt.codec, tasks, ckpt.run,
-                           dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+    return save_checkpoint(dst, ckpt.model, ckpt.codec, tasks, ckpt.run, dtype=getattr(torch, dtype))

@@ -45,8 +45,7 @@ def evaluate_tasks(predictor: Predictor, stores: dict[str, RecordStore], *, max_
             bar.update(len(pending))
             pending.clear()
 
-        seen: list[Example] = []
-        logps: list[float] = []
+        seen: list[Example] = []  # kept for the scoring passes below
         for example in eval_examples(predictor, task, store, max_examples):
             pending.append(example)
             if spec.retrieval_pool or reference_logp:
@@ -58,9 +57,8 @@ def evaluate_tasks(predictor: Predictor, stores: dict[str, RecordStore], *, max_
         bar.close()
         results[task] = {k: float(v) for k, v in evaluator.compute().items()}
         if reference_logp:
-            for j in range(0, len(seen), batch_size):
-                rows = seen[j:j + batch_size]
-                logps += [s[0] for s in predictor.score(rows, [[e.target[:-1]] for e in rows])]
+            logps = [s[0] for j in range(0, len(seen), batch_size)
+                     for s in predictor.score(seen[j:j + batch_size], [[e.target[:-1]] for e in seen[j:j + batch_size]])]
             results[task]["ref_logp"] = sum(logps) / max(1, len(logps))
         if spec.retrieval_pool:
             results[task].update({f"retrieval_{k}": v for k, v in retrieval(predictor, seen, spec.retrieval_pool).items()})

@@ -406,6 +406,27 @@ def test_constraint_completion_lengths(codec, tasks):
     assert c.need.shape == stacked.allowed.shape
 
 
+
+def test_constraint_mask_follows_the_rules_in_every_state(codec, tasks):
+    """The fused mask against the rules written plainly, over every state of every format's grammar,
+    every budget from none left to plenty, with and without eos blocked."""
+    predictor = Predictor(make_model(codec), codec, tasks)
+    c: Constraint = predictor.constraint(tuple(TARGETS))
+    states = torch.arange(c.need.shape[0]).repeat_interleave(8)
+    left = torch.arange(8).repeat(c.need.shape[0]) * 3  # 0, 3, ..., 21 tokens left
+    for blocked in (None, torch.rand(states.shape[0], generator=torch.Generator().manual_seed(0)) < 0.5):
+        ok = c.need[states] <= left.clamp(min=1)[:, None]
+        is_eos = torch.arange(c.vocab_size) == EOS
+        if blocked is not None:
+            ok &= ~(is_eos & (blocked & (ok & ~is_eos).any(1))[:, None])
+        expected = ok | (is_eos & ~ok.any(1, keepdim=True))
+        assert torch.equal(c.allowed(states, left, blocked), expected)
+        logits = torch.randn(states.shape[0], c.vocab_size)
+        assert torch.equal(c.mask(logits, states, left, blocked), logits.masked_fill(~expected, float("-inf")))
+    fits = c.need[states] <= left.clamp(min=1)[:, None]
+    assert bool((fits[:, EOS] & ~expected[:, EOS]).any()), "no row had eos blocked"
+    assert bool((~fits.any(1) & expected[:, EOS]).any()), "no row was left with nothing but a forced eos"
+
 # -- a trained model ranks the truth first -------------------------------------------------------------------------
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 220, 40),

@@ -57,8 +57,8 @@ def beam_search(model: UniTokModel, inputs: EncoderInputs, constraint: Constrain
         tokens = None
         for t in range(horizon):
             logits = step(tokens)
-            allowed = constraint.allowed(states, budget_k + 1 - t, (t < min_tokens) if block_eos else None)
-            logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)  # (N, V)
+            masked = constraint.mask(logits, states, budget_k + 1 - t, (t < min_tokens) if block_eos else None)
+            logp = torch.log_softmax(masked, -1)  # (N, V)
             new_length = length + (~finished).long()
             total = score[:, None] + logp
             ranked = total / new_length.clamp(min=1).float()[:, None] ** alpha[:, None]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..modalities.vocab import BOS, EOS, PAD
 from ..model.transformer import UniTokModel
-from .constraints import Constraint, allowed_tokens
+from .constraints import Constraint, mask_logits
 from .options import DecodingOptions, RowSettings
 from .sampling import choose
 
@@ -134,7 +134,7 @@ class Decoder:
         the next grammar states and the finished flags."""
         self._feed(tokens)
         args = self.model.step_inputs(self.seq[:, -1], self.caches, self.memory_mask)
-        out = self._run(_greedy_step, self.model, args, constraint.need, constraint.grammar.next, states, left,
+        out = self._run(_greedy_step, self.model, args, constraint.tables, constraint.grammar.next, states, left,
                         eos_blocked, finished)
         self.model.advance_caches(self.caches)
         return out
@@ -147,10 +147,9 @@ class Decoder:
         self.seq = self.seq[index]
 
 
-def _greedy_step(model: UniTokModel, args: tuple, need: torch.Tensor, nxt: torch.Tensor, states: torch.Tensor,
+def _greedy_step(model: UniTokModel, args: tuple, tables: tuple, nxt: torch.Tensor, states: torch.Tensor,
                  left: torch.Tensor, eos_blocked: torch.Tensor | None, finished: torch.Tensor):
-    logits = model.step_logits(*args).float()
-    logits = logits.masked_fill(~allowed_tokens(need, states, left, eos_blocked), float("-inf"))
+    logits = mask_logits(model.step_logits(*args).float(), tables, states, left, eos_blocked)
     tokens = torch.where(finished, EOS, logits.argmax(-1))
     logp = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
     return tokens, logp, nxt[states, tokens].long(), finished | (tokens == EOS)
@@ -205,8 +204,7 @@ def generate(model: UniTokModel, inputs: EncoderInputs, constraint: Constraint, 
             if guided.numel():
                 cond, uncond = logits[guided], logits[b:]
                 logits = logits[:b].index_copy(0, guided, cond + scale * (cond - uncond))
-            allowed = constraint.allowed(states, budget + 1 - t, (t < rows.min_tokens) if block_eos else None)
-            logits = logits.masked_fill(~allowed, float("-inf"))
+            logits = constraint.mask(logits, states, budget + 1 - t, (t < rows.min_tokens) if block_eos else None)
             tokens = choose(logits, rows, generator)
             tokens = torch.where(finished, torch.full_like(tokens, EOS), tokens)
             out_tokens[:, t] = tokens

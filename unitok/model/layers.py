@@ -22,6 +22,17 @@ def step_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
+def step_gelu(x: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(x, approximate="tanh")`` for decoding steps. Under torch.compile it is written as
+    x * sigmoid(2u), the same function (0.5 * (1 + tanh(u)) = sigmoid(2u); they differ by float
+    rounding, < 1e-6): inductor's vectorised tanh costs ~2.7x its sigmoid (a (16, 768) batch-16
+    step activation measured 41 -> 15 us)."""
+    if torch.compiler.is_compiling():
+        # 2u = 2 * sqrt(2 / pi) * (x + 0.044715 * x^3)
+        return x * torch.sigmoid(x * (1.5957691216057308 + 0.07135481627260025 * x * x))
+    return F.gelu(x, approximate="tanh")
+
+
 class KVCache:
     """Per-layer decoder state: growing self-attention K/V and cross-attention K/V computed once."""
 
@@ -126,7 +137,7 @@ class FFN(nn.Module):
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        return step_linear(F.gelu(step_linear(x, self.up.weight), approximate="tanh"), self.down.weight)
+        return step_linear(step_gelu(step_linear(x, self.up.weight)), self.down.weight)
 
 
 class MultiwayFFN(nn.Module):

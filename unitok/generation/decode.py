@@ -85,7 +85,9 @@ class Decoder:
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
         self.use_cache, self.compiled = use_cache, compiled
         b = memory.shape[0]
-        self.caches = model.start_caches(memory, horizon) if use_cache else None
+        # One spare position: a step that filled the whole buffer would slice all of it, a case a
+        # compiled step specialises (a third graph to compile for the last position).
+        self.caches = model.start_caches(memory, horizon + 1) if use_cache else None
         self.seq = torch.full((b, 1), BOS, dtype=torch.long, device=memory.device)
         self._checked: set = set()  # compiled functions whose guards this generation has passed once
 
@@ -106,15 +108,14 @@ class Decoder:
         return logits.float()
 
     def _run(self, fn, *args):
-        """``fn`` compiled (position 0 runs eagerly: its size-1 prefix would be specialised).
+        """``fn`` compiled (two graphs per batch shape: position 0, whose size-1 prefix dynamo
+        specialises, and one for every later position).
 
         Dynamo checks ~1,500 guards per call, a large share of a small model's step. Within one
         generation only the prefix length (a dynamic dimension) and the experts in use change, so
         after the first checked call the remaining steps skip the guards that cannot differ
         (``skip_guard_eval_unsafe``); a step that would need a new graph raises, and is re-run
         with full checks."""
-        if self.caches[0].length == 0:
-            return fn(*args)
         compiled = self.model.compiled(fn)
         if fn in self._checked:
             try:

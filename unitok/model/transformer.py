@@ -203,7 +203,7 @@ class UniTokModel(nn.Module):
         attend over the positions filled so far without a recompilation per position.
         """
         args = self.step_inputs(tokens, caches, memory_mask)
-        fn = self.compiled(self.step_logits) if compiled and caches[0].length > 0 else self.step_logits
+        fn = self.compiled(self.step_logits) if compiled else self.step_logits
         logits = fn(*args)
         self.advance_caches(caches)
         return logits
@@ -217,7 +217,7 @@ class UniTokModel(nn.Module):
         expert_ids = self.token_expert[tokens]
         present = tuple(sorted(set(expert_ids.tolist()))) if self.cfg.multiway else (0,)
         # The prefix length travels as a tensor's size, not as a Python int that a compiled step
-        # would bake in; position 0 (size 1, which dynamo specialises) is best run uncompiled.
+        # would bake in (dynamo specialises size 1: position 0 gets a graph of its own).
         prefix = torch.empty(pos + 1, device=tokens.device)
         if pos > 0:
             torch._dynamo.maybe_mark_dynamic(prefix, 0)

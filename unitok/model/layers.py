@@ -22,14 +22,22 @@ def step_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
-def step_gelu(x: torch.Tensor) -> torch.Tensor:
-    """``F.gelu(x, approximate="tanh")`` for decoding steps. Under torch.compile it is written as
-    x * sigmoid(2u), the same function (0.5 * (1 + tanh(u)) = sigmoid(2u); they differ by float
-    rounding, < 1e-6): inductor's vectorised tanh costs ~2.7x its sigmoid (a (16, 768) batch-16
-    step activation measured 41 -> 15 us)."""
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(x, approximate="tanh")``, written as x * sigmoid(2u) where that is faster: it is the
+    same function (0.5 * (1 + tanh(u)) = sigmoid(2u); the two differ by float rounding, < 1e-6).
+
+    * Under torch.compile: inductor's vectorised tanh costs ~2.7x its sigmoid (a batch-16 decoding
+      step's (16, 768) activation measured 41 -> 15 us).
+    * fp32 inference: in place, ~2.5x faster than ATen's tanh-gelu on this CPU (an encoder layer's
+      (512, 768) activation measured 1.5 -> 0.6 ms).
+    * Training (eager, with autograd) and bf16 keep the ATen op: one fused backward, one rounding.
+    """
+    a, b = 1.5957691216057308, 0.07135481627260025  # 2u = a x + b x^3 = 2 sqrt(2 / pi) (x + 0.044715 x^3)
     if torch.compiler.is_compiling():
-        # 2u = 2 * sqrt(2 / pi) * (x + 0.044715 * x^3)
-        return x * torch.sigmoid(x * (1.5957691216057308 + 0.07135481627260025 * x * x))
+        return x * torch.sigmoid(x * (a + b * x * x))
+    if x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
+        u = x * x
+        return u.mul_(b).add_(a).mul_(x).sigmoid_().mul_(x)
     return F.gelu(x, approximate="tanh")
 
 
@@ -134,10 +142,10 @@ class FFN(nn.Module):
         self.down = nn.Linear(hidden, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x), approximate="tanh"))
+        return self.down(gelu_tanh(self.up(x)))
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        return step_linear(step_gelu(step_linear(x, self.up.weight)), self.down.weight)
+        return step_linear(gelu_tanh(step_linear(x, self.up.weight)), self.down.weight)
 
 
 class MultiwayFFN(nn.Module):
@@ -159,6 +167,8 @@ class MultiwayFFN(nn.Module):
         out = torch.empty_like(flat)
         for e, expert in enumerate(self.experts):
             sel = (ids == e).nonzero(as_tuple=True)[0]
+            if sel.numel() == ids.numel():  # every token is this expert's: no gather and scatter
+                return expert(x).to(x.dtype)
             if sel.numel():
                 out.index_copy_(0, sel, expert(flat.index_select(0, sel)).to(out.dtype))
         return out.view_as(x)

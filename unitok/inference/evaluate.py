@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 from tqdm import tqdm
 
@@ -38,22 +38,18 @@ def evaluate_tasks(predictor: Predictor, stores: dict[str, RecordStore], *, max_
         evaluator = build_evaluator(spec.metric, **spec.metric_options)
         pending: list[Example] = []
         bar = tqdm(desc=f"eval {task}", total=max_examples, disable=not progress or None, leave=False)
-
-        def flush() -> None:
-            for e, p in zip(pending, predictor.predict(pending)):
-                evaluator.add(p.output, e.reference, image_id=e.record_id)
-            bar.update(len(pending))
-            pending.clear()
-
         seen: list[Example] = []  # kept for the scoring passes below
         for example in eval_examples(predictor, task, store, max_examples):
             pending.append(example)
             if spec.retrieval_pool or reference_logp:
                 seen.append(example)
             if len(pending) == batch_size:
-                flush()
+                _predict_into(evaluator, predictor, pending)
+                bar.update(len(pending))
+                pending = []
         if pending:
-            flush()
+            _predict_into(evaluator, predictor, pending)
+            bar.update(len(pending))
         bar.close()
         results[task] = {k: float(v) for k, v in evaluator.compute().items()}
         if reference_logp:
@@ -64,6 +60,11 @@ def evaluate_tasks(predictor: Predictor, stores: dict[str, RecordStore], *, max_
             results[task].update({f"retrieval_{k}": v for k, v in retrieval(predictor, seen, spec.retrieval_pool).items()})
         log.info("eval %s: %s", task, results[task])
     return results
+
+
+def _predict_into(evaluator, predictor: Predictor, examples: list[Example]) -> None:
+    for e, p in zip(examples, predictor.predict(examples)):
+        evaluator.add(p.output, e.reference, image_id=e.record_id)
 
 
 def retrieval(predictor: Predictor, examples: list[Example], pool: int) -> dict[str, float]:

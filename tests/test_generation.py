@@ -406,7 +406,6 @@ def test_constraint_completion_lengths(codec, tasks):
     assert c.need.shape == stacked.allowed.shape
 
 
-
 def test_constraint_mask_follows_the_rules_in_every_state(codec, tasks):
     """The fused mask against the rules written plainly, over every state of every format's grammar,
     every budget from none left to plenty, with and without eos blocked."""
@@ -426,6 +425,7 @@ def test_constraint_mask_follows_the_rules_in_every_state(codec, tasks):
     fits = c.need[states] <= left.clamp(min=1)[:, None]
     assert bool((fits[:, EOS] & ~expected[:, EOS]).any()), "no row had eos blocked"
     assert bool((~fits.any(1) & expected[:, EOS]).any()), "no row was left with nothing but a forced eos"
+
 
 # -- a trained model ranks the truth first -------------------------------------------------------------------------
 

@@ -115,7 +115,7 @@ def mask_logits(logits: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor, 
     Written so that a compiled step fuses it into one pass over (B, V) of a single element type:
     int32 compares, a float select, and the eos column patched from per-row lookups. (The same
     rules as bool masks with an ``arange == eos`` column and two ``any`` reductions compiled to
-    ~6x slower code: mixed int64/bool/float vector masks.)"""
+    ~4.7x slower code, mixed int64/bool/float vector masks: ``benchmarks/step_kernels.py``.)"""
     need, least, least_other = tables
     lim = left.clamp(min=1).to(need.dtype)
     masked = torch.where(need[states] <= lim[:, None], logits, float("-inf"))

@@ -26,10 +26,11 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """``F.gelu(x, approximate="tanh")``, written as x * sigmoid(2u) where that is faster: it is the
     same function (0.5 * (1 + tanh(u)) = sigmoid(2u); the two differ by float rounding, < 1e-6).
 
-    * Under torch.compile: inductor's vectorised tanh costs ~2.7x its sigmoid (a batch-16 decoding
-      step's (16, 768) activation measured 41 -> 15 us).
-    * fp32 inference: in place, ~2.5x faster than ATen's tanh-gelu on this CPU (an encoder layer's
-      (512, 768) activation measured 1.5 -> 0.6 ms).
+    * Under torch.compile: inductor's vectorised tanh costs ~2.9x its sigmoid (a batch-16 decoding
+      step's (16, 768) activation measured 40 -> 14 us).
+    * fp32 inference: in place, ~2.3x faster than ATen's tanh-gelu on this CPU (an encoder layer's
+      (512, 768) activation measured 1.43 -> 0.62 ms).
+    (``benchmarks/step_kernels.py`` measures both.)
     * Training (eager, with autograd) and bf16 keep the ATen op: one fused backward, one rounding.
     """
     a, b = 1.5957691216057308, 0.07135481627260025  # 2u = a x + b x^3 = 2 sqrt(2 / pi) (x + 0.044715 x^3)

@@ -173,7 +173,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--compile", nargs="*", default=["tiny"],
                     help="configs whose compiled mode is measured (compiling costs ~30-60 s per batch shape)")
-    ap.add_argument("--cpp-wrapper", action="store_true", help="torch.compile with inductor's C++ wrapper")
     ap.add_argument("--profile", metavar="CONFIG:BATCH",
                     help="instead: profile one compiled generation (torch.profiler, inductor kernels named) and print "
                          "where a step's time goes, e.g. --profile tiny:16")
@@ -181,10 +180,6 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    if args.cpp_wrapper:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.cpp_wrapper = True
     import transformers
 
     transformers.logging.set_verbosity_error()

@@ -138,6 +138,36 @@ def test_decode_step_equals_full_decoder(codec):
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 
+
+def test_output_width_covers_the_grammars_and_matches_the_full_head(codec, tasks):
+    """Constrained decoding computes logits only for ids below ``Constraint.width``: the largest id
+    any state of the batch's grammars allows. Those logits are the full head's first columns."""
+    predictor = Predictor(make_model(codec), codec, tasks)
+    names = tuple(TARGETS)
+    c: Constraint = predictor.constraint(names)
+    stacked = stack_grammars([predictor.grammar(n) for n in names])
+    for g, name in enumerate(names):  # every id a grammar allows lies below its width, and the last one is allowed
+        rows = stacked.allowed[stacked.offsets[g]:(stacked.offsets[g + 1] if g + 1 < len(names) else None)]
+        used = rows.any(0).nonzero()[:, 0]
+        assert c.width(torch.tensor([g])) == int(used.max()) + 1, name
+    text, image = names.index("text"), names.index("image")
+    assert c.width(torch.tensor([text])) == codec.vocab.range("text")[1]  # specials + text: no vision ids
+    assert c.width(torch.tensor([text, image, text])) == codec.vocab.range("image")[1]  # a mixed batch: the widest
+    model = make_model(codec)
+    g = torch.Generator().manual_seed(3)
+    prompt, mask = torch.randint(40, 400, (2, 5), generator=g), torch.ones(2, 5, dtype=torch.bool)
+    target = torch.randint(0, codec.vocab.size, (2, 6), generator=g)
+    with torch.inference_mode():
+        memory, memory_mask = model.encode(prompt, mask)
+        full, narrow = model.start_caches(memory, 8), model.start_caches(memory, 8)
+        w = codec.vocab.range("text")[1]
+        for i in range(6):
+            wide = model.decode_step(target[:, i], full, memory_mask)
+            assert wide.shape[1] == codec.vocab.size
+            torch.testing.assert_close(model.decode_step(target[:, i], narrow, memory_mask, width=w), wide[:, :w])
+        with pytest.raises(ValueError, match="output width 0"):
+            model.decode_step(target[:, 0], narrow, memory_mask, width=0)
+
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_cached_equals_uncached(codec, tasks, strategy):
     predictor = Predictor(make_model(codec), codec, tasks)

@@ -44,7 +44,8 @@ def beam_search(model: UniTokModel, inputs: EncoderInputs, constraint: Constrain
     n = b * K
     with autocast_for(device, bf16):
         memory, memory_mask = encode(model, inputs)  # once per example, shared by its beams
-        step = Decoder(model, expand(memory), expand(memory_mask), horizon, use_cache=use_cache, compiled=compiled)
+        step = Decoder(model, expand(memory), expand(memory_mask), horizon, use_cache=use_cache, compiled=compiled,
+                       width=constraint.width(grammar_index))
         states = expand(constraint.start_states(grammar_index))
         score = torch.full((b, K), float("-inf"), device=device)
         score[:, 0] = 0.0  # the beams start as copies of one hypothesis: only the first may expand

@@ -47,6 +47,16 @@ def completion_lengths(allowed: torch.Tensor, nxt: torch.Tensor, done: torch.Ten
     return torch.tensor(dist, dtype=torch.long)
 
 
+def _grammar_widths(grammar: StackedGrammar) -> torch.Tensor:
+    """(G,) for each stacked grammar, 1 + the largest token id that any of its states allows."""
+    allowed = grammar.allowed.cpu()
+    S, V = allowed.shape
+    top = torch.where(allowed, torch.arange(V), -1).amax(1)  # (S,) largest allowed id per state
+    owner = torch.bucketize(torch.arange(S), grammar.offsets.cpu(), right=True) - 1  # state -> grammar
+    widths = torch.zeros(len(grammar.offsets), dtype=torch.long).scatter_reduce(0, owner, top, "amax")
+    return widths + 1
+
+
 class Constraint:
     """A stacked grammar plus the ``need`` table; built once per set of tasks and reused."""
 
@@ -60,6 +70,7 @@ class Constraint:
         self.least = self.need.amin(1)
         self.least_other = torch.cat([self.need[:, :EOS], self.need[:, EOS + 1:]], 1).amin(1)
         self.vocab_size = grammar.allowed.shape[1]
+        self.widths = _grammar_widths(grammar)
 
     @property
     def tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,7 +83,13 @@ class Constraint:
         out.grammar = StackedGrammar(g.allowed.to(device), g.next.to(device), g.offsets.to(device), g.done.to(device))
         out.dist, out.vocab_size = self.dist.to(device), self.vocab_size
         out.need, out.least, out.least_other = (t.to(device) for t in self.tables)
+        out.widths = self.widths
         return out
+
+    def width(self, grammar_index: torch.Tensor) -> int:
+        """The output width that rows of these grammars need: 1 + the largest id any of them allows
+        (eos included). Decoding computes logits for ids below it only (``UniTokModel.decode_step``)."""
+        return max(EOS + 1, int(self.widths[grammar_index.cpu()].max()))
 
     def start_states(self, grammar_index: torch.Tensor) -> torch.Tensor:
         return self.grammar.offsets[grammar_index].long()
@@ -117,6 +134,7 @@ def mask_logits(logits: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor, 
     rules as bool masks with an ``arange == eos`` column and two ``any`` reductions compiled to
     ~4.7x slower code, mixed int64/bool/float vector masks: ``benchmarks/step_kernels.py``.)"""
     need, least, least_other = tables
+    need = need[:, :logits.shape[1]]  # logits may stop short of the vocabulary (``Constraint.width``)
     lim = left.clamp(min=1).to(need.dtype)
     masked = torch.where(need[states] <= lim[:, None], logits, float("-inf"))
     eos = masked[:, EOS]

@@ -78,12 +78,16 @@ def _cat_memory(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, tor
 
 
 class Decoder:
-    """Next-token logits for a batch, one step at a time, with or without the KV cache."""
+    """Next-token logits for a batch, one step at a time, with or without the KV cache.
+
+    Logits cover ids ``0 .. width - 1`` (default: the whole vocabulary); a caller that constrains
+    decoding passes ``Constraint.width``, the ids its grammars can emit."""
 
     def __init__(self, model: UniTokModel, memory: torch.Tensor, memory_mask: torch.Tensor, horizon: int, *,
-                 use_cache: bool = True, compiled: bool = False):
+                 use_cache: bool = True, compiled: bool = False, width: int | None = None):
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
         self.use_cache, self.compiled = use_cache, compiled
+        self.width = model.cfg.vocab_size if width is None else width
         b = memory.shape[0]
         # One spare position: a step that filled the whole buffer would slice all of it, a case a
         # compiled step specialises (a third graph to compile for the last position).
@@ -96,13 +100,13 @@ class Decoder:
             self.seq = torch.cat([self.seq, tokens[:, None]], 1) if not self.use_cache else tokens[:, None]
 
     def __call__(self, tokens: torch.Tensor | None) -> torch.Tensor:
-        """tokens: (B,) the tokens chosen at the previous step (None at the first). Returns (B, V) float."""
+        """tokens: (B,) the tokens chosen at the previous step (None at the first). Returns (B, width) float."""
         self._feed(tokens)
         if not self.use_cache:
-            return self.model.decode(self.seq, self.memory, self.memory_mask)[:, -1].float()
+            return self.model.decode(self.seq, self.memory, self.memory_mask)[:, -1, :self.width].float()
         if not self.compiled:
-            return self.model.decode_step(self.seq[:, -1], self.caches, self.memory_mask).float()
-        args = self.model.step_inputs(self.seq[:, -1], self.caches, self.memory_mask)
+            return self.model.decode_step(self.seq[:, -1], self.caches, self.memory_mask, width=self.width).float()
+        args = self.model.step_inputs(self.seq[:, -1], self.caches, self.memory_mask, self.width)
         logits = self._run(self.model.step_logits, *args)
         self.model.advance_caches(self.caches)
         return logits.float()
@@ -128,15 +132,17 @@ class Decoder:
         self._checked.add(fn)
         return out
 
-    def greedy(self, tokens: torch.Tensor | None, constraint: Constraint, states: torch.Tensor, left: torch.Tensor,
-               eos_blocked: torch.Tensor | None, finished: torch.Tensor):
+    def greedy(self, tokens: torch.Tensor | None, expert_ids: torch.Tensor | None, constraint: Constraint,
+               states: torch.Tensor, budget: torch.Tensor, min_tokens: torch.Tensor | None, finished: torch.Tensor):
         """One greedy step with the grammar mask, token choice and bookkeeping fused into the
-        compiled decoder step (one compiled call per token). Returns the tokens, their log-probs,
-        the next grammar states and the finished flags."""
+        compiled decoder step (one compiled call per token). ``budget``: (B,) tokens each row may
+        emit, eos excluded; ``min_tokens``: (B,) or None. Returns the tokens, their log-probs, their
+        experts (the next step's ``expert_ids``), the next grammar states, the finished flags and
+        whether every row has finished."""
         self._feed(tokens)
-        args = self.model.step_inputs(self.seq[:, -1], self.caches, self.memory_mask)
-        out = self._run(_greedy_step, self.model, args, constraint.tables, constraint.grammar.next, states, left,
-                        eos_blocked, finished)
+        args = self.model.step_inputs(self.seq[:, -1], self.caches, self.memory_mask, self.width, expert_ids)
+        out = self._run(_greedy_step, self.model, args, constraint.tables, constraint.grammar.next, states, budget,
+                        min_tokens, finished)
         self.model.advance_caches(self.caches)
         return out
 
@@ -149,11 +155,14 @@ class Decoder:
 
 
 def _greedy_step(model: UniTokModel, args: tuple, tables: tuple, nxt: torch.Tensor, states: torch.Tensor,
-                 left: torch.Tensor, eos_blocked: torch.Tensor | None, finished: torch.Tensor):
-    logits = mask_logits(model.step_logits(*args).float(), tables, states, left, eos_blocked)
+                 budget: torch.Tensor, min_tokens: torch.Tensor | None, finished: torch.Tensor):
+    t = args[1].shape[0] - 1  # the step's position, from the prefix's (dynamic) size
+    eos_blocked = None if min_tokens is None else t < min_tokens
+    logits = mask_logits(model.step_logits(*args).float(), tables, states, budget + 1 - t, eos_blocked)
     tokens = torch.where(finished, EOS, logits.argmax(-1))
     logp = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
-    return tokens, logp, nxt[states, tokens].long(), finished | (tokens == EOS)
+    finished = finished | (tokens == EOS)
+    return tokens, logp, model.token_expert[tokens], nxt[states, tokens].long(), finished, finished.all()
 
 
 def _as_rows(options: DecodingOptions | Sequence[DecodingOptions], b: int) -> list[DecodingOptions]:
@@ -185,22 +194,20 @@ def generate(model: UniTokModel, inputs: EncoderInputs, constraint: Constraint, 
         memory = encode(model, inputs)
         if guided.numel():
             memory = _cat_memory(memory, encode(model, inputs.rows(guided).unconditional()))
-        step = Decoder(model, *memory, horizon, use_cache=use_cache, compiled=compiled)
+        step = Decoder(model, *memory, horizon, use_cache=use_cache, compiled=compiled,
+                       width=constraint.width(grammar_index))
         states = constraint.start_states(grammar_index)
+        finished = torch.zeros(b, dtype=torch.bool, device=device)
+        if use_cache and compiled and not guided.numel() and not bool(rows.sample.any()):
+            # greedy rows only: each step is one compiled call, and the loop only collects
+            out_tokens, out_logp = _greedy_loop(step, constraint, states, budget,
+                                                rows.min_tokens if block_eos else None, finished, horizon)
+            return _collect(out_tokens, out_logp, budget)
         out_tokens = torch.full((b, horizon), EOS, dtype=torch.long, device=device)
         out_logp = torch.zeros((b, horizon), device=device)
-        finished = torch.zeros(b, dtype=torch.bool, device=device)
         scale = rows.guidance_scale[guided, None]
-        fused = use_cache and compiled and not guided.numel() and not bool(rows.sample.any())
         tokens = None
         for t in range(horizon):
-            if fused:  # greedy rows only: the whole step is one compiled call
-                tokens, logp, states, finished = step.greedy(
-                    tokens, constraint, states, budget + 1 - t, (t < rows.min_tokens) if block_eos else None, finished)
-                out_tokens[:, t], out_logp[:, t] = tokens, logp
-                if bool(finished.all()):
-                    break
-                continue
             logits = step(tokens if tokens is None or not guided.numel() else torch.cat([tokens, tokens[guided]]))
             if guided.numel():
                 cond, uncond = logits[guided], logits[b:]
@@ -215,6 +222,23 @@ def generate(model: UniTokModel, inputs: EncoderInputs, constraint: Constraint, 
             if bool(finished.all()):
                 break
     return _collect(out_tokens, out_logp, budget)
+
+
+def _greedy_loop(step: Decoder, constraint: Constraint, states: torch.Tensor, budget: torch.Tensor,
+                 min_tokens: torch.Tensor | None, finished: torch.Tensor, horizon: int):
+    """Greedy decoding through ``Decoder.greedy``; returns (B, horizon) tokens (eos after the end)
+    and their log-probs."""
+    tokens = expert_ids = None
+    out_tokens, out_logp = [], []
+    for _ in range(horizon):
+        tokens, logp, expert_ids, states, finished, done = step.greedy(tokens, expert_ids, constraint, states,
+                                                                       budget, min_tokens, finished)
+        out_tokens.append(tokens)
+        out_logp.append(logp)
+        if done.item():
+            break
+    pad = horizon - len(out_tokens)
+    return (F.pad(torch.stack(out_tokens, 1), (0, pad), value=EOS), F.pad(torch.stack(out_logp, 1), (0, pad)))
 
 
 def _collect(tokens: torch.Tensor, logp: torch.Tensor, budget: torch.Tensor) -> Generated:

@@ -194,34 +194,46 @@ class UniTokModel(nn.Module):
         return caches
 
     def decode_step(self, tokens: torch.Tensor, caches: list[KVCache], memory_mask: torch.Tensor, *,
-                    compiled: bool = False) -> torch.Tensor:
-        """tokens: (B,) each row's latest token. Returns logits (B, V) for the next position.
+                    compiled: bool = False, width: int | None = None) -> torch.Tensor:
+        """tokens: (B,) each row's latest token. Returns logits (B, width) for the next position:
+        ids ``0 .. width - 1`` (default: the whole vocabulary).
 
         The same function as ``decode`` with caches, with the per-token overhead cut (one-query
         attention written out, routing without data-dependent shapes), so that ``compiled=True``
         (``torch.compile``) can trace it once: the prefix length is a dynamic dimension, so steps
         attend over the positions filled so far without a recompilation per position.
+        ``width``: constrained decoding only ever takes ids below the largest one its grammars allow
+        (text tasks: the specials and text blocks, 465 of the 1,553 ids), so the output head needs
+        only those rows of the embedding.
         """
-        args = self.step_inputs(tokens, caches, memory_mask)
+        args = self.step_inputs(tokens, caches, memory_mask, width)
         fn = self.compiled(self.step_logits) if compiled else self.step_logits
         logits = fn(*args)
         self.advance_caches(caches)
         return logits
 
-    def step_inputs(self, tokens: torch.Tensor, caches: list[KVCache], memory_mask: torch.Tensor) -> tuple:
-        """The arguments of ``step_logits`` for the next position of ``caches``."""
+    def step_inputs(self, tokens: torch.Tensor, caches: list[KVCache], memory_mask: torch.Tensor,
+                    width: int | None = None, expert_ids: torch.Tensor | None = None) -> tuple:
+        """The arguments of ``step_logits`` for the next position of ``caches`` (``expert_ids``: the
+        tokens' experts, when the caller has them already)."""
         pos = caches[0].length
         if pos >= min(caches[0].k.shape[2], self.cfg.max_target_len):
             raise ValueError(f"decoding step {pos} is past the cache ({caches[0].k.shape[2]}) or "
                              f"model.max_target_len={self.cfg.max_target_len}")
-        expert_ids = self.token_expert[tokens]
+        width = self.cfg.vocab_size if width is None else width
+        if not 0 < width <= self.cfg.vocab_size:
+            raise ValueError(f"output width {width} is outside the vocabulary (1 .. {self.cfg.vocab_size})")
+        expert_ids = self.token_expert[tokens] if expert_ids is None else expert_ids
         present = tuple(sorted(set(expert_ids.tolist()))) if self.cfg.multiway else (0,)
-        # The prefix length travels as a tensor's size, not as a Python int that a compiled step
-        # would bake in (dynamo specialises size 1: position 0 gets a graph of its own).
+        # The prefix length and the output width travel as tensors' sizes, not as Python ints that
+        # a compiled step would bake in (dynamo specialises size 1: position 0 gets a graph of its
+        # own; every width shares one).
         prefix = torch.empty(pos + 1, device=tokens.device)
         if pos > 0:
             torch._dynamo.maybe_mark_dynamic(prefix, 0)
-        return (tokens, prefix, expert_ids, present, [c.k for c in caches], [c.v for c in caches],
+        vocab = torch.empty(width, device=tokens.device)
+        torch._dynamo.maybe_mark_dynamic(vocab, 0)
+        return (tokens, prefix, vocab, expert_ids, present, [c.k for c in caches], [c.v for c in caches],
                 [c.cross for c in caches], memory_mask)
 
     @staticmethod
@@ -243,14 +255,16 @@ class UniTokModel(nn.Module):
             table[key] = torch.compile(fn, options=STEP_COMPILE_OPTIONS)
         return table[key]
 
-    def step_logits(self, tokens, prefix, expert_ids, present, k_bufs, v_bufs, cross, memory_mask) -> torch.Tensor:
-        """Logits (B, V) at position ``len(prefix) - 1``; writes that position's K/V into the buffers."""
+    def step_logits(self, tokens, prefix, vocab, expert_ids, present, k_bufs, v_bufs, cross,
+                    memory_mask) -> torch.Tensor:
+        """Logits (B, len(vocab)) at position ``len(prefix) - 1``; writes that position's K/V into the
+        buffers."""
         length = prefix.shape[0]  # positions filled after this step
         x = (self.embed(tokens) + self.target_pos.weight[length - 1])[:, None]  # (B, 1, D)
         attn_mask, expert_ids = memory_mask[:, None, :], expert_ids[:, None]
         for block, k_buf, v_buf, kv in zip(self.decoder, k_bufs, v_bufs, cross):
             x = block.step(x, length, k_buf, v_buf, kv, attn_mask, expert_ids, present)
-        return step_linear(self.dec_norm(x[:, 0]), self.embed.weight)
+        return step_linear(self.dec_norm(x[:, 0]), self.embed.weight[:vocab.shape[0]])
 
     def forward(self, prompt, prompt_mask, target_in, images=None, image_mask=None, patch_mask=None) -> torch.Tensor:
         memory, memory_mask = self.encode(prompt, prompt_mask, images, image_mask, patch_mask)

@@ -7,7 +7,7 @@
     unitok tokenizers train --what image|dense --out tokenizers/image_vq [--steps N ...]
     unitok tasks list ;  unitok tasks check [FILE ...]
     unitok train --config configs/tiny.yaml --out runs/tiny
-    unitok eval --checkpoint runs/tiny/checkpoint [--tasks caption detection] [--split val]
+    unitok eval --checkpoint runs/tiny/checkpoint [--tasks caption detection] [--split val] [--no-blind]
     unitok predict --image scene.png --prompt "detect the shapes." [--checkpoint DIR]
 """
 from __future__ import annotations
@@ -167,16 +167,17 @@ def cmd_train(args) -> None:
 # ---------------------------------------------------------------------- eval
 def cmd_eval(args) -> None:
     from .config import load_config
-    from .eval import format_table, write_results
+    from .eval import format_summary, write_results
     from .recipes import evaluate_checkpoint
 
     run = load_config(args.config) if args.config else None
     results = evaluate_checkpoint(args.checkpoint, run, tasks=args.tasks, split=args.split,
-                                  max_examples=args.max_examples, data_root=args.data_root)
+                                  max_examples=args.max_examples, data_root=args.data_root,
+                                  blind=not args.no_blind, constant=not args.no_constant)
     out = Path(args.out or args.checkpoint)
-    write_results(results, out)
-    print(json.dumps(results, indent=1))
-    print(format_table(results))
+    json_path, md_path = write_results(results, out)
+    print(format_summary(results))
+    print(f"wrote {json_path} and {md_path} (every metric key)")
 
 
 def cmd_export(args) -> None:
@@ -289,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-examples", type=int)
     ev.add_argument("--data-root")
     ev.add_argument("--out", help="where metrics.json and metrics.md go (default: the checkpoint dir)")
+    ev.add_argument("--no-blind", action="store_true",
+                    help="skip the blind baseline (inputs withheld) and vision_gain: about half the time")
+    ev.add_argument("--no-constant", action="store_true",
+                    help="skip the constant baseline (the most frequent train answer, text and label tasks)")
     ev.set_defaults(fn=cmd_eval)
 
     ex = sub.add_parser("export", help="a release copy of a checkpoint: weights only, no optimizer state")

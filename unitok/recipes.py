@@ -4,7 +4,7 @@
     train_text_tokenizer(run)   SentencePiece on the world's text + the task prompts
     build_codec(run)            the unified vocabulary and its tokenizers
     train(run, out)             the Trainer over the run's task mixture, evaluating at the end
-    evaluate_checkpoint(path)   a checkpoint's tasks on their eval split, with their metrics
+    evaluate_checkpoint(path)   a checkpoint's tasks on their eval split, with their metrics and baselines
 """
 from __future__ import annotations
 
@@ -175,7 +175,13 @@ def train(run: RunConfig, out: str | Path, *, steps: int | None = None, resume: 
 
 def evaluate_checkpoint(path: str | Path, run: RunConfig | None = None, *, tasks: list[str] | None = None,
                         split: str | None = None, max_examples: int | None = None, data_root: str | None = None,
-                        batch_size: int = 32) -> dict[str, dict[str, float]]:
+                        batch_size: int = 32, blind: bool = True, constant: bool = True,
+                        constant_records: int = 2000) -> dict[str, dict]:
+    """Each task of a checkpoint on its eval split (or ``split``), scored by its metric, with ``ref_logp``.
+
+    ``blind``: also the blind baseline and ``vision_gain`` (see `unitok.inference.evaluate`).
+    ``constant``: for text and label tasks, also the score of always giving the most frequent target of
+    the first ``constant_records`` records of the task's train split (`constant_answers`)."""
     from .inference.evaluate import evaluate_tasks
     from .inference.predictor import Predictor
 
@@ -195,7 +201,42 @@ def evaluate_checkpoint(path: str | Path, run: RunConfig | None = None, *, tasks
                               seed=w.seed, size=w.size)
         stores[name] = RecordStore(p)
     predictor = Predictor(ckpt.model, ckpt.codec, chosen)
-    return evaluate_tasks(predictor, stores, max_examples=max_examples, batch_size=batch_size, reference_logp=True)
+    constants = constant_answers(predictor.builders, root, run, max_records=constant_records) if constant else None
+    return evaluate_tasks(predictor, stores, max_examples=max_examples, batch_size=batch_size, reference_logp=True,
+                          blind_pass=blind, constants=constants)
+
+
+def train_records(root: Path, dataset: str, split: str, run: RunConfig | None) -> Iterator[dict] | None:
+    """The records of ``<root>/<dataset>/<split>`` in order. A missing world store is not built: its
+    records are generated on the fly (they depend only on the world config and the index, so they are
+    those the store would hold). None when the store is missing and cannot be generated."""
+    path = root / dataset / split
+    if (path / "data.mdb").exists():
+        return iter(RecordStore(path))
+    if dataset in KINDS and run is not None:
+        w = run.data.world
+        return iter_world(WorldConfig(seed=w.seed, size=w.size), getattr(w, split, 0) or 0, split, kind=dataset)
+    return None
+
+
+def constant_answers(builders: dict, root: Path, run: RunConfig | None, *, max_records: int = 2000) -> dict[str, str]:
+    """{task: the most frequent target string of the first ``max_records`` records of its train split}, for
+    tasks whose target is one string (text, label); tasks without a train store are left out (logged)."""
+    from .inference.evaluate import CONSTANT_FORMATS, most_frequent_targets
+
+    by_source: dict[tuple[str, str], dict] = {}
+    for name, b in builders.items():
+        if b.spec.target.format in CONSTANT_FORMATS:
+            by_source.setdefault((b.spec.data, b.spec.splits.train), {})[name] = b
+    answers = {}
+    for (dataset, split), group in by_source.items():
+        records = train_records(root, dataset, split, run)
+        if records is None:
+            log.warning("no %s store at %s: no constant baseline for %s", split, root / dataset / split, sorted(group))
+            continue
+        found = most_frequent_targets(group, records, max_records=max_records)
+        answers.update({task: answer for task, (answer, _) in found.items()})
+    return answers
 
 
 # Spec fields that only change how a task is decoded and scored, not what the model learned: these may be

@@ -10,7 +10,7 @@ structured outputs of `unitok.tasks.outputs`; it never imports training code.
 """
 from .base import Evaluator
 from .registry import EVALUATORS, build_evaluator, evaluate, metric_names, primary_key, register_evaluator
-from .report import format_table, write_results
+from .report import format_summary, format_table, write_results
 
 # Importing the metric modules registers their evaluators.
 from . import captions, classification, dense, detection, grounding  # noqa: E402,F401  isort: skip
@@ -21,6 +21,7 @@ __all__ = [
     "Evaluator",
     "build_evaluator",
     "evaluate",
+    "format_summary",
     "format_table",
     "metric_names",
     "primary_key",

@@ -66,6 +66,15 @@ class TrainSettings(_Strict):
     eval_every: int = Field(0, ge=0)  # 0: only at the end
     eval_examples: int = Field(100, ge=1)  # per task, during training
     save_dtype: str = Field("float32", pattern="^(float32|bfloat16)$")
+    # How the cross-entropy of a batch is averaged. "example": each row's mean over its own target tokens,
+    # then the mean over rows, so a spec's weight is its share of the gradient whatever its target length;
+    # "task": the mean per task, then over the batch's tasks; "token": over every target token of the batch.
+    loss_norm: Literal["token", "example", "task"] = "example"
+    # Weight of the bag-of-target-tokens loss on the pooled encoder output (needs model.bow_head: true).
+    bow_weight: float = Field(0.0, ge=0)
+    # Split each batch into groups of rows with the same number of image slots and similar target
+    # lengths, run one forward pass per group: the same gradient, without padding every row to the longest.
+    group_rows: bool = True
 
 
 class RunConfig(_Strict):

@@ -14,7 +14,9 @@ class ModelConfig:
     ffn_mult: float = 4.0
     image_size: int = 64  # images are resized to image_size x image_size before patching
     patch_size: int = 8
-    patch_stem: str = "conv"  # "linear": one p x p conv (plain ViT); "conv": stride-2 conv stack (early convolutions)
+    patch_stem: str = "conv"  # "linear": one p x p conv (plain ViT); "conv": stride-2 conv stack (early
+    #                           convolutions); "deep": conv stages with stride-1 convs and GroupNorm
+    bow_head: bool = False  # a bag-of-target-tokens head on the pooled encoder output (train.bow_weight)
     max_images: int = 4  # image slots in the encoder (a second image, video frames)
     max_prompt_len: int = 64  # text positions in the encoder
     max_target_len: int = 128  # positions in the decoder
@@ -44,9 +46,9 @@ class ModelConfig:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.image_size % self.patch_size:
             raise ValueError(f"model.image_size ({self.image_size}) must be divisible by model.patch_size ({self.patch_size})")
-        if self.patch_stem not in ("linear", "conv"):
-            raise ValueError(f"model.patch_stem must be 'linear' or 'conv', got {self.patch_stem!r}")
-        if self.patch_stem == "conv" and self.patch_size & (self.patch_size - 1):
+        if self.patch_stem not in ("linear", "conv", "deep"):
+            raise ValueError(f"model.patch_stem must be 'linear', 'conv' or 'deep', got {self.patch_stem!r}")
+        if self.patch_stem in ("conv", "deep") and self.patch_size & (self.patch_size - 1):
             raise ValueError(f"model.patch_stem 'conv' needs a power-of-two patch_size, got {self.patch_size}")
         if self.shared_expert_layers > self.enc_layers:
             raise ValueError("model.shared_expert_layers cannot exceed model.enc_layers")

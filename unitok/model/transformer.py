@@ -49,26 +49,48 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
 class PatchStem(nn.Module):
     """ViT patch embedding: (B, 3, H, W) -> (B, D, H/p, W/p).
 
-    ``linear`` is the plain ViT projection of each p x p patch; ``conv`` reaches the same patch grid
-    through stride-2 3x3 convolutions ("Early convolutions help transformers see better", Xiao et
-    al. 2021), which trains faster and localises better when the encoder starts from scratch.
+    * ``linear``: the plain ViT projection of each p x p patch.
+    * ``conv``: the same patch grid through stride-2 3x3 convolutions ("Early convolutions help
+      transformers see better", Xiao et al. 2021).
+    * ``deep``: a convolutional tower (each stride-2 stage followed by a stride-1 3x3 convolution,
+      GroupNorm after each, the output normalised per image) plus the plain linear patch projection.
+      Object shape is a local pattern a few pixels wide: on single-object world scenes a plain CNN
+      of this form tells the five shapes apart within ~10k examples, while the ``conv`` stem's
+      features stay at chance well past that (``benchmarks/shape_probe.py``); its output also varies
+      across images ~30x less than the position code it is added to. The tower's norms work per
+      image, which removes what is absolute (the background colour): the linear projection of the
+      raw pixels, added to it, carries that.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d, p = cfg.d_model, cfg.patch_size
+        self.linear = nn.Conv2d(3, d, kernel_size=p, stride=p) if cfg.patch_stem == "deep" else None
         if cfg.patch_stem == "linear":
             self.net = nn.Conv2d(3, d, kernel_size=p, stride=p)
             return
+        stages = int(math.log2(p))
         layers, ch = [], 3
-        for i in range(int(math.log2(p))):
-            out = max(32, d // 2 ** (int(math.log2(p)) - 1 - i)) if i < int(math.log2(p)) - 1 else d
-            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), nn.GELU()]
+        for i in range(stages):
+            out = max(32, d // 2 ** (stages - 1 - i)) if i < stages - 1 else d
+            if cfg.patch_stem == "deep" and i < stages - 1:
+                layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), _group_norm(out), nn.GELU(),
+                           nn.Conv2d(out, out, 3, padding=1), _group_norm(out), nn.GELU()]
+            else:
+                layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), nn.GELU()]
             ch = out
-        self.net = nn.Sequential(*layers[:-1])  # no activation after the last projection
+        layers = layers[:-1]  # no activation after the last projection
+        if cfg.patch_stem == "deep":
+            layers.append(nn.GroupNorm(1, d))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        y = self.net(x)
+        return y if self.linear is None else y + self.linear(x)
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, channels), channels)
 
 
 class UniTokModel(nn.Module):
@@ -101,7 +123,12 @@ class UniTokModel(nn.Module):
             for start, end, expert in cfg.expert_ranges:
                 token_expert[start:end] = expert
         self.register_buffer("token_expert", token_expert, persistent=False)
+        # Bag-of-target-tokens head on the pooled encoder output (training only; see ``pooled_logits``)
+        self.bow_head = nn.Linear(d, cfg.vocab_size) if cfg.bow_head else None
+        bow_init = self.bow_head.state_dict() if self.bow_head is not None else None
         self.apply(self._init)
+        if bow_init is not None:  # keeps PyTorch's default init: at std 0.02 the encoder's path through it is slow
+            self.bow_head.load_state_dict(bow_init)
         nn.init.normal_(self.patch_pos, std=0.02)
         if cfg.coord_range:
             start, end = cfg.coord_range
@@ -164,6 +191,22 @@ class UniTokModel(nn.Module):
         for block in self.encoder:
             x = block(x, attn_mask, expert_ids)
         return self.enc_norm(x), mask
+
+    def pooled_logits(self, memory: torch.Tensor, memory_mask: torch.Tensor, n_image_tokens: int = 0) -> torch.Tensor:
+        """(B, V) logits of the bag-of-target-tokens objective: a linear head on the mean of the valid
+        image-patch outputs of the encoder (the first ``n_image_tokens`` of ``memory``; the prompt's
+        where a row has no image). Trained beside the decoder (``train.bow_weight``), it gives the
+        encoder a short, direct gradient path: through cross-attention alone the encoder learns object
+        identity only after a long plateau (see docs/architecture.md, "Training")."""
+        if self.bow_head is None:
+            raise ValueError("this model has no bag-of-tokens head (model.bow_head: false)")
+        w = memory_mask.to(memory.dtype)[..., None]
+        if n_image_tokens:
+            image_w = w[:, :n_image_tokens]
+            has_image = image_w.sum(1) > 0  # (B, 1)
+            w = torch.cat([image_w, w[:, n_image_tokens:] * (~has_image[:, None]).to(w.dtype)], 1)
+        pooled = (memory * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return self.bow_head(pooled)
 
     # ---------------------------------------------------------------- decoder
     def decode(self, target_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
@@ -266,6 +309,12 @@ class UniTokModel(nn.Module):
             x = block.step(x, length, k_buf, v_buf, kv, attn_mask, expert_ids, present)
         return step_linear(self.dec_norm(x[:, 0]), self.embed.weight[:vocab.shape[0]])
 
-    def forward(self, prompt, prompt_mask, target_in, images=None, image_mask=None, patch_mask=None) -> torch.Tensor:
+    def forward(self, prompt, prompt_mask, target_in, images=None, image_mask=None, patch_mask=None,
+                pooled: bool = False):
+        """Logits (B, T, V); with ``pooled``, also the bag-of-tokens logits (B, V) (``pooled_logits``)."""
         memory, memory_mask = self.encode(prompt, prompt_mask, images, image_mask, patch_mask)
-        return self.decode(target_in, memory, memory_mask)
+        logits = self.decode(target_in, memory, memory_mask)
+        if not pooled:
+            return logits
+        n_image_tokens = images.shape[1] * self.cfg.num_patches if images is not None else 0
+        return logits, self.pooled_logits(memory, memory_mask, n_image_tokens)

@@ -220,3 +220,42 @@ def collate(examples: list[Example]) -> Batch:
                     patch_mask[i, :e.patch_mask.shape[0]] = e.patch_mask
     return Batch(prompt, prompt_mask, images, image_mask, target_in, target, weights, patch_mask,
                  [e.task for e in examples])
+
+
+# Target-length classes for ``split_rows``: rows of one group are padded to at most the class's top.
+LENGTH_CLASSES = (4, 12, 32)
+
+
+def split_rows(batch: Batch) -> list[list[int]]:
+    """Rows of ``batch`` grouped by image-slot count and target-length class, in first-seen order.
+
+    A mixed batch padded as one tensor wastes most of its compute: one video row pads every row to
+    four image slots, one image-code target pads every label row to 65 positions. Run per group, the
+    same rows cost only their own size; the loss stays normalised over the whole batch."""
+    slots = batch.image_mask.sum(1).tolist() if batch.image_mask is not None else [0] * len(batch.tasks)
+    lengths = (batch.target != PAD).sum(1).tolist()  # targets are contiguous, padded at the end
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (n, t) in enumerate(zip(slots, lengths)):
+        cls = next((j for j, top in enumerate(LENGTH_CLASSES) if t <= top), len(LENGTH_CLASSES))
+        groups.setdefault((int(n), cls), []).append(i)
+    return list(groups.values())
+
+
+def select_rows(batch: Batch, rows: list[int]) -> Batch:
+    """The batch of ``rows`` only, with the padding none of them needs cut off."""
+    index = torch.tensor(rows)
+    prompt_mask = batch.prompt_mask[index]
+    length = max(1, int(prompt_mask.sum(1).max()))
+    target_len = max(1, int((batch.target[index] != PAD).sum(1).max()))
+    images = image_mask = patch_mask = None
+    if batch.image_mask is not None:
+        image_mask = batch.image_mask[index]
+        n = int(image_mask.sum(1).max())
+        if n:
+            images, image_mask = batch.images[index, :n], image_mask[:, :n]
+            patch_mask = batch.patch_mask[index, :n] if batch.patch_mask is not None else None
+        else:
+            image_mask = None
+    return Batch(batch.prompt[index, :length], prompt_mask[:, :length], images, image_mask,
+                 batch.target_in[index, :target_len], batch.target[index, :target_len],
+                 batch.weights[index, :target_len], patch_mask, [batch.tasks[i] for i in rows])

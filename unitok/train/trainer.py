@@ -9,6 +9,7 @@ the checkpoint's step, so a run killed at any point continues as if it had never
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -31,7 +32,7 @@ from ..model.config import ModelConfig
 from ..model.transformer import UniTokModel
 from ..modalities.codec import Codec
 from ..runtime import use_bf16
-from ..tasks.examples import Batch, collate
+from ..tasks.examples import Batch, collate, select_rows, split_rows
 from ..tasks.spec import TaskSpec
 from .data import MixtureDataset, MixtureSampler, TaskSource, mixture_probs
 
@@ -57,10 +58,47 @@ def lr_at(step: int, *, base: float, warmup: int, total: int, min_ratio: float) 
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Token cross-entropy weighted per token (0 on padding; Pix2Seq down-weights noise/eos)."""
+def row_losses(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the weighted sum of token cross-entropies and the sum of weights (0 on padding;
+    Pix2Seq down-weights noise/eos)."""
     ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none").view_as(weights)
-    return (ce * weights).sum() / weights.sum().clamp(min=1.0)
+    return (ce * weights).sum(1), weights.sum(1)
+
+
+def normalise_loss(sums: torch.Tensor, counts: torch.Tensor, tasks: list[str], how: str) -> torch.Tensor:
+    """The batch loss from per-row sums and weight counts (``train.loss_norm``).
+
+    ``token``: every target token of the batch counts alike, so a task's share of the gradient is its
+    share of tokens (a 65-code depth map outweighs a one-token label 65 to 1). ``example``: each row's
+    mean over its own tokens, averaged over rows: a task's share is its share of rows, which is what
+    its mixture weight sets. ``task``: each task's mean over its rows, averaged over the tasks present."""
+    if how == "token":
+        return sums.sum() / counts.sum().clamp(min=1.0)
+    per_row = sums / counts.clamp(min=1.0)
+    if how == "example":
+        return per_row.mean()
+    if how == "task":
+        names = sorted(set(tasks))
+        index = torch.tensor([names.index(t) for t in tasks], device=per_row.device)
+        per_task = torch.zeros(len(names), device=per_row.device).index_add(0, index, per_row)
+        return (per_task / torch.bincount(index, minlength=len(names)).to(per_row.dtype)).mean()
+    raise ValueError(f"train.loss_norm must be token, example or task, got {how!r}")
+
+
+def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, tasks: list[str] | None = None,
+                  how: str = "token") -> torch.Tensor:
+    """The batch loss of one padded batch (``normalise_loss`` over its rows)."""
+    sums, counts = row_losses(logits, target, weights)
+    return normalise_loss(sums, counts, tasks or [""] * len(sums), how)
+
+
+def bow_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per row: cross-entropy of the pooled logits (B, V) against the row's bag of target tokens,
+    each weighted token counting once per occurrence (Joulin et al. 2016; Mahajan et al. 2018: a
+    softmax over the vocabulary with the bag as the target distribution)."""
+    bag = torch.zeros_like(logits, dtype=torch.float32).scatter_add_(1, target, (weights > 0).float())
+    bag = bag / bag.sum(1, keepdim=True).clamp(min=1.0)
+    return -(bag * logits.float().log_softmax(-1)).sum(1)
 
 
 class Trainer:
@@ -124,19 +162,49 @@ class Trainer:
         return batch
 
     def _micro_step(self, batch: Batch, scale: float) -> tuple[float, dict[str, float]]:
+        """Forward and backward over ``batch``, one pass per group of like rows (``split_rows``).
+        The loss is normalised over the whole batch (``train.loss_norm``), so grouping changes the
+        padding, not the gradient. Returns the loss and each task's share of it (for the log)."""
         model = self.ddp or self.model
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = model(batch.prompt, batch.prompt_mask, batch.target_in, batch.images, batch.image_mask,
-                           batch.patch_mask)
-        loss = weighted_loss(logits, batch.target, batch.weights)
-        (loss * scale).backward()
-        with torch.no_grad():  # per-task loss, for the log only
-            ce = F.cross_entropy(logits.float().flatten(0, 1), batch.target.flatten(), reduction="none")
-            ce = (ce.view_as(batch.weights) * batch.weights).sum(1) / batch.weights.sum(1).clamp(min=1)
-            per_task: dict[str, list[float]] = defaultdict(list)
-            for task, v in zip(batch.tasks, ce.tolist()):
-                per_task[task].append(v)
-        return loss.item(), {k: sum(v) / len(v) for k, v in per_task.items()}
+        groups = split_rows(batch) if self.cfg.group_rows else [list(range(len(batch.tasks)))]
+        how, n_rows = self.cfg.loss_norm, len(batch.tasks)
+        # Every row's weight in the batch loss, known before any forward pass: its denominator
+        # (tokens of the whole batch, or rows, or rows of its task times the tasks present).
+        counts = batch.weights.sum(1).clamp(min=1.0)
+        if how == "token":
+            row_scale = torch.full((n_rows,), 1.0) / batch.weights.sum().clamp(min=1.0)
+        elif how == "example":
+            row_scale = 1.0 / (counts * n_rows)
+        else:
+            per_task = defaultdict(int)
+            for t in batch.tasks:
+                per_task[t] += 1
+            row_scale = torch.tensor([1.0 / (per_task[t] * len(per_task)) for t in batch.tasks]) / counts
+        total, shares, means = 0.0, defaultdict(float), defaultdict(list)
+        sync = getattr(model, "no_sync", None)
+        for gi, rows in enumerate(groups):
+            part = batch if len(groups) == 1 else select_rows(batch, rows)
+            index = torch.tensor(rows)
+            # DDP: gradients are all-reduced once, after the last group
+            ctx = sync() if sync is not None and gi < len(groups) - 1 else contextlib.nullcontext()
+            with ctx:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    out = model(part.prompt, part.prompt_mask, part.target_in, part.images, part.image_mask,
+                                part.patch_mask, pooled=bool(self.cfg.bow_weight))
+                logits, pooled = out if self.cfg.bow_weight else (out, None)
+                sums, weight = row_losses(logits, part.target, part.weights)
+                per_row = sums * row_scale[index].to(sums.device)
+                loss = per_row.sum()
+                if pooled is not None:
+                    loss = loss + self.cfg.bow_weight * bow_loss(pooled, part.target, part.weights).sum() / n_rows
+                (loss * scale).backward()
+            total += loss.item()
+            for task, share, mean in zip(part.tasks, per_row.detach().tolist(),
+                                         (sums / weight.clamp(min=1.0)).detach().tolist()):
+                shares[task] += share
+                means[task].append(mean)
+        return total, {**{f"loss/{k}": sum(v) / len(v) for k, v in means.items()},
+                       **{f"share/{k}": v / max(total, 1e-12) for k, v in shares.items()}}
 
     def fit(self, steps: int | None = None) -> dict:
         """Train to ``steps`` (default: the config's), saving and evaluating on the way."""
@@ -167,7 +235,8 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 row = {"step": self.step, "loss": sum(window_loss) / len(window_loss), "lr": lr,
                        "grad_norm": float(grad_norm), "examples_per_s": window_examples / elapsed}
-                row.update({f"loss/{k}": sum(v) / len(v) for k, v in sorted(window_tasks.items())})
+                # loss/TASK: the task's mean per-token loss; share/TASK: its share of the optimised loss
+                row.update({k: sum(v) / len(v) for k, v in sorted(window_tasks.items())})
                 self._log(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", ex_s=f"{row['examples_per_s']:.0f}")
                 window_loss, window_tasks, window_examples, t0 = [], defaultdict(list), 0, time.perf_counter()

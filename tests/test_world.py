@@ -14,11 +14,13 @@ import pytest
 
 from unitok.data.schema import decode_png, decode_rgb
 from unitok.data.store import RecordStore, StoreWriter
-from unitok.data.world import (BACKGROUNDS, COLOURS, KINDS, NUMBER_WORDS, SHAPES, SIZES, WorldConfig, iter_world,
-                               make_clip, make_pair, make_scene, meta_for, world_meta)
+from unitok.data.store import StoreError
+from unitok.data.world import (BACKGROUNDS, COLOURS, KINDS, NUMBER_WORDS, SHAPES, SIZES, WORLD_VERSION, WorldConfig,
+                               iter_world, make_clip, make_pair, make_scene, meta_for, scene_of, world_meta)
 from unitok.data.world_language import DEPTH_RATIO, POSITION_MARGIN
-from unitok.data.world_questions import MATERIALS, VQA_TYPES
-from unitok.data.world_scene import OCCLUSION_MIN_FRACTION, OCCLUSION_MIN_PIXELS, ground_depth, sample_scene, scene_rng
+from unitok.data.world_questions import VQA_TYPES
+from unitok.data.world_scene import CARD_FACTOR, OCCLUSION_MIN_FRACTION, OCCLUSION_MIN_PIXELS, count_joint, \
+    ground_depth
 
 CFG = WorldConfig(seed=3)
 N_SCENES = 200
@@ -127,7 +129,7 @@ def test_depth_map_holds_object_depths_in_front_of_the_ground(scenes):
 def test_occlusion_is_a_z_buffer_of_full_shapes(scenes):
     """Re-draw each scene's full shapes; the nearest shape at a pixel must own it (and be the one painted)."""
     for index, r in enumerate(scenes):
-        shapes = sample_scene(CFG, scene_rng(CFG, "train", index)).shapes
+        shapes = scene_of(CFG, index)[0].shapes
         assert len(shapes) == len(r["objects"])
         z = np.stack([np.where(s.full, s.depth, np.inf) for s in shapes])
         owner = np.where(np.isfinite(z.min(0)), z.argmin(0), -1)
@@ -138,6 +140,7 @@ def test_occlusion_is_a_z_buffer_of_full_shapes(scenes):
             assert (m == (owner == k)).all()
             assert (image[m] == COLOURS[s.colour]).all()
             assert o["visible"] == round(m.sum() / s.full.sum(), 3) >= CFG.min_visible
+            assert o["base"] == np.nonzero(s.full.any(axis=1))[0].max() + 1
         # occluded_by: the objects seen covering enough of this one's full shape to show they are in front.
         masks = [decode_png(o["mask"]) == 255 for o in r["objects"]]
         for b, o in enumerate(r["objects"]):
@@ -179,6 +182,10 @@ def expected_answer(question: str, r: dict) -> str:
     m = re.fullmatch(rf"is {NAME} (.+) {NAME}\?", question)
     ia, ib = find(objects, m[1], m[2]), find(objects, m[4], m[5])
     a, b = objects[ia], objects[ib]
+    if m[3] == "nearer to the camera than":  # asked only when the image settles the order
+        settled = relation_truth(ia, m[3], ib, r)
+        assert settled is not None, f"undecidable: {question}"
+        return "yes" if settled else "no"
     truth = {
         "to the left of": (clearly_before(a, b, 0, size), clearly_before(b, a, 0, size)),
         "to the right of": (clearly_before(b, a, 0, size), clearly_before(a, b, 0, size)),
@@ -187,7 +194,6 @@ def expected_answer(question: str, r: dict) -> str:
         "in front of": (ia in b["occluded_by"], ib in a["occluded_by"]),
         "larger than": (SIZE_RANK.index(a["size"]) > SIZE_RANK.index(b["size"]),
                         SIZE_RANK.index(a["size"]) < SIZE_RANK.index(b["size"])),
-        "nearer to the camera than": (a["depth"] < b["depth"], a["depth"] > b["depth"]),
     }[m[3]]
     assert any(truth), f"undecidable: {question}"
     return "yes" if truth[0] else "no"
@@ -196,78 +202,167 @@ def expected_answer(question: str, r: dict) -> str:
 def test_vqa_answers_are_right_and_closed(scenes):
     answers = set(world_meta(CFG)["answers"])
     assert world_meta(CFG)["answers"] == sorted(answers)
-    types, yes_no = Counter(), Counter()
+    types, yes_no, counts = Counter(), {}, {"total": Counter(), "focus": Counter()}
     for r in scenes:
         for q in r["vqa"]:
             assert q["answer"] in answers and q["type"] in VQA_TYPES
             assert q["answer"] == expected_answer(q["question"], r), q["question"]
             types[q["type"]] += 1
             if q["answer"] in ("yes", "no"):
-                yes_no[q["answer"]] += 1
+                yes_no.setdefault(q["type"], Counter())[q["answer"]] += 1
+            if q["type"] == "count":
+                counts["total" if q["question"] == "how many shapes are there?" else "focus"][q["answer"]] += 1
+        assert sum(q["type"] == "count" for q in r["vqa"]) == 2  # the total and the plan's count focus
     assert set(types) == set(VQA_TYPES)
-    assert 0.35 < yes_no["yes"] / sum(yes_no.values()) < 0.65, yes_no
+    for qtype, tally in yes_no.items():  # every yes/no question comes with its mirror image
+        assert 0.4 < tally["yes"] / sum(tally.values()) < 0.6, (qtype, tally)
+    # No favourite count: the total is uniform over 1..5, the focus (a shape or colour) over 0..3.
+    assert set(counts["total"]) == set(NUMBER_WORDS[1:6]) and set(counts["focus"]) == set(NUMBER_WORDS[:4])
+    for tally in counts.values():
+        assert max(tally.values()) < 1.6 * min(tally.values()), counts
 
 
-def statement_truth(statement: str, r: dict) -> bool | None:
-    """True/False as the image settles it, None when it cannot (the neutral forms)."""
+def test_scene_plans_balance_counts_and_backgrounds(scenes):
+    joint = count_joint(1, 5)
+    assert np.allclose(joint.sum(1), 1 / 5) and np.allclose(joint.sum(0), 1 / 4)
+    assert all(joint[n - 1, k] == 0 for n in range(1, 6) for k in range(4) if k > n)
+    assert Counter(r["background"] for r in scenes) == {b: N_SCENES // 4 for b in BACKGROUNDS}
+    n_objects = Counter(len(r["objects"]) for r in scenes)
+    assert set(n_objects) == {1, 2, 3, 4, 5} and max(n_objects.values()) < 1.6 * min(n_objects.values()), n_objects
+    shapes = Counter(o["shape"] for r in scenes for o in r["objects"])
+    colours = Counter(o["colour"] for r in scenes for o in r["objects"])
+    assert max(shapes.values()) < 1.5 * min(shapes.values()) and max(colours.values()) < 1.5 * min(colours.values())
+
+
+SPREAD = CARD_FACTOR[1] / CARD_FACTOR[0]  # depth offsets of cards: within this ground ratio, either may be nearer
+RELATIONS = ("to the left of", "to the right of", "above", "below", "nearer to the camera than",
+             "farther from the camera than")
+
+
+def ground(o: dict, size: int) -> float:
+    return float(ground_depth(size)[int(o["base"]) - 1])
+
+
+def apart(a: dict, b: dict) -> bool:
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a["box"], b["box"]
+    return ax1 < bx0 or bx1 < ax0 or ay1 < by0 or by1 < ay0
+
+
+def relation_truth(a: int, word: str, b: int, r: dict) -> bool | None:
+    """Whether "the A <word> the B" holds; None when the image cannot order the two (depth only)."""
     objects, size = r["objects"], r["width"]
-    if re.fullmatch(rf"{NAME} is (made of ({'|'.join(MATERIALS)})|(warm|cold) to the touch|heavier than {NAME})\.",
-                    statement):
-        return None
-    if m := re.fullmatch(r"the background is (\w+)\.", statement):
-        return m[1] == r["background"]
-    if m := re.fullmatch(r"there (?:is|are) (\w+) shapes?\.", statement):
-        return NUMBER_WORDS.index(m[1]) == len(objects)
-    if m := re.fullmatch(r"there is a (\w+) (\w+)\.", statement):
-        return any((o["colour"], o["shape"]) == (m[1], m[2]) for o in objects)
-    if m := re.fullmatch(rf"{NAME} is (small|medium|large)\.", statement):
-        return objects[find(objects, m[1], m[2])]["size"] == m[3]
-    m = re.fullmatch(rf"{NAME} is (to the left of|in front of) {NAME}\.", statement)
-    ia, ib = find(objects, m[1], m[2]), find(objects, m[4], m[5])
-    if m[3] == "in front of":
-        truth = (ia in objects[ib]["occluded_by"], ib in objects[ia]["occluded_by"])
-    else:
-        truth = (clearly_before(objects[ia], objects[ib], 0, size), clearly_before(objects[ib], objects[ia], 0, size))
-    assert any(truth), f"undecidable: {statement}"
+    oa, ob = objects[a], objects[b]
+    if word in ("nearer to the camera than", "farther from the camera than"):
+        if a in ob["occluded_by"] or b in oa["occluded_by"]:
+            a_nearer = a in ob["occluded_by"]
+        else:
+            ga, gb = ground(oa, size), ground(ob, size)
+            if max(ga, gb) < SPREAD * min(ga, gb):  # the cards' own offsets could put either in front
+                assert apart(oa, ob), "touching shapes show which is painted over the other"
+                return None
+            assert oa["box"][3] == oa["base"] and ob["box"][3] == ob["base"], "a base row the image hides"
+            a_nearer = ga < gb
+            assert a_nearer == (oa["depth"] < ob["depth"])
+        return a_nearer if word.startswith("nearer") else not a_nearer
+    truth = {
+        "to the left of": (clearly_before(oa, ob, 0, size), clearly_before(ob, oa, 0, size)),
+        "to the right of": (clearly_before(ob, oa, 0, size), clearly_before(oa, ob, 0, size)),
+        "above": (clearly_before(oa, ob, 1, size), clearly_before(ob, oa, 1, size)),
+        "below": (clearly_before(ob, oa, 1, size), clearly_before(oa, ob, 1, size)),
+    }[word]
+    assert any(truth), f"undecidable: {word}"
     return truth[0]
 
 
+def statement_truth(statement: str, r: dict) -> bool | None:
+    """True/False as the image settles it, None when it cannot: a statement about a colour and shape the
+    image does not show, or a depth order it cannot see."""
+    objects = r["objects"]
+    shown = {(o["colour"], o["shape"]): i for i, o in enumerate(objects)}
+    if m := re.fullmatch(rf"{NAME} is (small|medium|large)\.", statement):
+        return objects[shown[m[1], m[2]]]["size"] == m[3] if (m[1], m[2]) in shown else None
+    m = re.fullmatch(rf"{NAME} is ({'|'.join(RELATIONS)}) {NAME}\.", statement)
+    assert m, statement
+    if (m[1], m[2]) not in shown or (m[4], m[5]) not in shown:
+        return None
+    return relation_truth(shown[m[1], m[2]], m[3], shown[m[4], m[5]], r)
+
+
 def test_entailment_labels_match_what_the_image_settles(scenes):
-    labels = Counter()
+    labels, forms = Counter(), {}
     for r in scenes:
         for e in r["entailment"]:
             truth = statement_truth(e["statement"], r)
             assert e["label"] == {True: "entailment", False: "contradiction", None: "neutral"}[truth], e
-            if truth is None:  # neutral statements talk about an object that is there
-                m = re.match(NAME, e["statement"])
-                find(r["objects"], m[1], m[2])
             labels[e["label"]] += 1
-    assert set(labels) == {"entailment", "neutral", "contradiction"}
-    assert max(labels.values()) < 1.5 * min(labels.values()), labels
+            form = re.sub(rf"\b({'|'.join([*COLOURS, *SHAPES])})\b", "X", e["statement"])
+            forms.setdefault(form, Counter())[e["label"]] += 1
+        # One statement of each label per family: the same templates for all three.
+        tally = Counter(e["label"] for e in r["entailment"])
+        assert len(set(tally.values())) == 1 and len(tally) == 3, tally
+    assert labels["entailment"] == labels["neutral"] == labels["contradiction"]
+    assert len(forms) >= 8 and all(len(c) == 3 for c in forms.values() if sum(c.values()) >= 30), forms
 
 
-def named(text: str) -> set[tuple[str, str]]:
-    sized = rf"\ba (?:(?:{'|'.join(SIZES)}) )?({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b"
-    return set(re.findall(sized, text))
+SIZED = rf"a ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})"
 
 
-def test_captions_are_true_and_itm_negatives_false(scenes):
-    matches = Counter()
+def listing_truth(text: str, r: dict) -> bool:
+    """A sentence naming objects (with sizes) and a background, possibly a count: all of it must be exact."""
+    named = Counter(re.findall(SIZED, text))
+    background = re.search(r"\b(?:on a|a) (\w+) (?:background|scene)\b", text)[1]
+    count = re.match(r"(\w+) shapes? on", text)
+    right = named == Counter((o["size"], o["colour"], o["shape"]) for o in r["objects"])
+    right &= background == r["background"]
+    if len(r["objects"]) == 1:  # a lone object is placed: the third of the image its centre is in
+        x, y = centre(r["objects"][0])
+        row, col = ("top", "", "bottom")[int(3 * y / r["height"])], ("left", "", "right")[int(3 * x / r["width"])]
+        spot = " ".join(w for w in (row, col) if w) or "centre"
+        right &= bool(re.search(rf" (?:at|on|in) the {spot}\b(?! left| right)", text))
+    if count:
+        right &= NUMBER_WORDS.index(count[1]) == len(r["objects"])
+    return right
+
+
+def clause_truth(clause: str, r: dict) -> bool:
+    objects = r["objects"]
+    if m := re.fullmatch(rf"{NAME} partly hides {NAME}", clause):
+        return find(objects, m[1], m[2]) in objects[find(objects, m[3], m[4])]["occluded_by"]
+    m = re.fullmatch(rf"{NAME} is the (leftmost|nearest) shape", clause)
+    return resolve(f"the {m[3]} shape", objects, r["width"]) == [find(objects, m[1], m[2])]
+
+
+def itm_truth(text: str, r: dict) -> bool:
+    objects = r["objects"]
+    if m := re.fullmatch(r"there (?:is|are) (\w+) shapes?\.", text):
+        return NUMBER_WORDS.index(m[1]) == len(objects)
+    if m := re.fullmatch(rf"there is {SIZED}\.", text):
+        return (m[1], m[2], m[3]) in {(o["size"], o["colour"], o["shape"]) for o in objects}
+    if m := re.fullmatch(rf"({NAME} partly hides {NAME})\.", text):
+        return clause_truth(m[1], r)
+    if m := re.fullmatch(rf"{NAME} is ({'|'.join(RELATIONS)}) {NAME}\.", text):
+        truth = relation_truth(find(objects, m[1], m[2]), m[3], find(objects, m[4], m[5]), r)
+        assert truth is not None, f"an ITM statement the image cannot settle: {text}"
+        return truth
+    return listing_truth(text, r)
+
+
+def test_captions_name_everything_and_itm_labels_are_true(scenes):
+    matches, by_caption = Counter(), {}
     for r in scenes:
-        present = {(o["colour"], o["shape"]) for o in r["objects"]}
-        assert len(r["captions"]) >= 4 and len(set(r["captions"])) == len(r["captions"])
+        assert len(r["captions"]) >= 3 and len(set(r["captions"])) == len(r["captions"])
         for c in r["captions"]:
-            assert named(c) <= present, c
+            listing, _, clause = c.partition(", where ")
+            assert listing_truth(listing, r), c
+            assert not clause or clause_truth(clause.removesuffix("."), r), c
+            key = (r["background"], tuple((o["size"], o["colour"], o["shape"]) for o in r["objects"]))
+            assert by_caption.setdefault(c, key) == key, f"two different scenes share the caption {c!r}"
+        assert listing_truth(r["description"], r)
         for item in r["itm"]:
+            assert itm_truth(item["text"], r) == item["match"], item
             matches[item["match"]] += 1
-            if item["match"]:
-                assert item["text"] in r["captions"]
-                continue
-            assert item["text"] not in r["captions"]
-            count = re.match(r"(?:there (?:is|are) )?(\w+) shapes? on", item["text"])
-            wrong_count = count is not None and NUMBER_WORDS.index(count[1]) != len(r["objects"])
-            assert wrong_count or not named(item["text"]) <= present, item["text"]
-    assert matches[True] > 0 and matches[False] > 0
+        assert Counter(item["match"] for item in r["itm"])[True] == len(r["itm"]) // 2
+    assert matches[True] == matches[False] > 0
 
 
 def test_regions_describe_each_object(scenes):
@@ -357,7 +452,7 @@ def test_resolution_is_configurable(size):
 def test_every_kind_writes_a_store_and_reads_back(tmp_path):
     for kind, (make, _) in KINDS.items():
         meta = meta_for(kind, CFG, "val")
-        assert meta["dataset"] == kind and meta["depth_scale"] == 1000
+        assert meta["dataset"] == kind and meta["depth_scale"] == 1000 and meta["world_version"] == WORLD_VERSION
         assert meta["categories"] == list(SHAPES) and meta["backgrounds"] == list(BACKGROUNDS)
         assert meta["provenance"]["seed"] == CFG.seed and meta["provenance"]["split"] == "val"
         records = list(iter_world(CFG, 3, "val", start=2, kind=kind))
@@ -368,3 +463,22 @@ def test_every_kind_writes_a_store_and_reads_back(tmp_path):
     assert meta_for("world_pairs", CFG)["labels"] == ["false", "true"]
     with pytest.raises(ValueError, match="world_video"):
         meta_for("world_audio", CFG)
+
+
+def test_a_store_of_another_world_version_is_refused(tmp_path):
+    records = list(iter_world(CFG, 2, "val"))
+    meta = meta_for("world", CFG, "val")
+    old = {k: v for k, v in meta.items() if k != "world_version"}  # written before versions were recorded
+    for name, m, version in (("older", {**meta, "world_version": WORLD_VERSION - 1}, WORLD_VERSION - 1),
+                             ("unversioned", old, 1)):
+        with StoreWriter(tmp_path / name, m) as w:
+            w.extend(records)
+        with pytest.raises(StoreError) as err:
+            RecordStore(tmp_path / name)
+        message = str(err.value)
+        assert str(tmp_path / name) in message
+        assert f"world version {version}" in message and f"world version {WORLD_VERSION}" in message
+        assert len(RecordStore(tmp_path / name, check_world=False)) == 2  # inspection still reads it
+    with StoreWriter(tmp_path / "imported", {"dataset": "mine"}) as w:  # not the world's: not checked
+        w.extend(records)
+    assert len(RecordStore(tmp_path / "imported")) == 2

@@ -15,6 +15,8 @@ in the example builder (in DataLoader workers), not in the store.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -23,8 +25,34 @@ SCHEMA_VERSION = 1
 META_KEY = b"__meta__"
 
 
+_PNG_DIRECT_MAX_PIXELS = 256 * 256
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_direct(a: np.ndarray) -> bytes:
+    """A plain PNG (no filtering, zlib level 1) written directly: for small images PIL's per-call overhead
+    is most of the cost (a 64x64 mask: 0.4 ms through PIL, 25 us here)."""
+    if a.dtype == np.uint16:
+        rows, colour_type, depth = a.astype(">u2").view(np.uint8), 0, 16
+    else:
+        rows, colour_type, depth = a, (2 if a.ndim == 3 else 0), 8
+    h, w = a.shape[:2]
+    data = np.zeros((h, 1 + rows.size // h), np.uint8)  # filter byte 0 (None) per row
+    data[:, 1:] = rows.reshape(h, -1)
+    header = struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(data.tobytes(), 1)) \
+        + _chunk(b"IEND", b"")
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     """Encode an HxW (uint8/uint16) or HxWx3 (uint8) array as PNG."""
+    a = np.ascontiguousarray(array)
+    plain = (a.ndim == 2 and a.dtype in (np.uint8, np.uint16)) or (a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8)
+    if plain and 0 < a.shape[0] * a.shape[1] <= _PNG_DIRECT_MAX_PIXELS:
+        return _png_direct(a)
     img = Image.fromarray(np.ascontiguousarray(array))  # uint16 becomes mode "I;16"
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)

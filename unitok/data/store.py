@@ -143,7 +143,7 @@ class StoreWriter:
 class RecordStore:
     """Random access to the records of one store. ``store[i]`` is a dict; ``store.meta`` the metadata."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, check_world: bool = True):
         self.path = Path(path)
         if not (self.path / "data.mdb").exists():
             raise StoreError(f"{self.path}: no LMDB store here (expected {self.path / 'data.mdb'})")
@@ -152,6 +152,8 @@ class RecordStore:
         try:
             self.meta = self._read_meta()
             self._len = self._check_meta(self.meta)
+            if check_world:
+                self._check_world(self.meta)
         except BaseException:
             self.close()
             raise
@@ -166,6 +168,21 @@ class RecordStore:
         if not isinstance(count, int) or count < 0:
             raise StoreError(f"{self.path}: metadata has no valid record count (count={count!r})")
         return count
+
+    def _check_world(self, meta: dict) -> None:
+        """A store the synthetic world wrote must be of the world version this code generates: records of
+        another version differ (other scenes, other language), so mixing them with fresh ones, or training
+        on them, would silently use data of another world. ``check_world=False`` reads it anyway (inspection)."""
+        provenance = meta.get("provenance")
+        if not (isinstance(provenance, dict) and provenance.get("generator") == "unitok.data.world"):
+            return
+        from .world_scene import WORLD_VERSION
+
+        version = meta.get("world_version", 1)  # stores written before versions were recorded
+        if version != WORLD_VERSION:
+            raise StoreError(f"{self.path}: built by world version {version}, but this unitok generates world "
+                             f"version {WORLD_VERSION}; delete the store and rebuild it (`unitok train`/`unitok eval` "
+                             f"rebuild missing world stores, or `unitok data build`)")
 
     def _open(self) -> lmdb.Environment:
         if self._env is None or self._env_pid != os.getpid():  # a forked copy opens its own

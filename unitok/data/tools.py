@@ -55,7 +55,7 @@ def inspect(path: str | os.PathLike, *, limit: int | None = None) -> str:
     """What a store holds: record count, every field (and sub-field of lists of maps) with its types and
     how many records have it, categories and the rest of the metadata. ``limit`` scans only the first
     records of a large store."""
-    store = RecordStore(path)
+    store = RecordStore(path, check_world=False)  # a store of an older world version can be inspected
     fields: dict[str, tuple[Counter, int]] = {}  # field -> (types, records having it)
     items: dict[str, tuple[Counter, int]] = {}  # list.subfield -> (types, items having it)
     list_sizes: Counter = Counter()
@@ -145,7 +145,7 @@ def show(path: str | os.PathLike, index: int, out_png: str | os.PathLike, scale:
     """Draw record ``index``: the image with object masks and labelled boxes, segmentation and depth
     as side panels when present, and its text (captions, refs, QA) below. ``scale`` magnifies small
     images (nearest neighbour) up to ``max_side`` pixels; returns the written path."""
-    store = RecordStore(path)
+    store = RecordStore(path, check_world=False)
     if not 0 <= index < len(store):
         raise IndexError(f"{store.path}: index {index} out of range for {len(store)} records")
     record = store[index]
@@ -232,7 +232,7 @@ def _binned(values: list[int], cap: int) -> list[tuple[str, int]]:
 def stats(path: str | os.PathLike, *, limit: int | None = None, top: int = 20) -> str:
     """Distributions over a store: objects per image, categories, relative box sizes, caption and
     expression lengths, VQA answer types and answers, image sizes. ``limit`` scans the first records."""
-    store = RecordStore(path)
+    store = RecordStore(path, check_world=False)
     per_image, categories, box_sizes, coco_sizes = [], Counter(), Counter(), Counter()
     cap_words, ref_words, refs_per_image = [], [], []
     answer_types, answers, image_sizes = Counter(), Counter(), Counter()

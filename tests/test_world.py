@@ -482,3 +482,15 @@ def test_a_store_of_another_world_version_is_refused(tmp_path):
     with StoreWriter(tmp_path / "imported", {"dataset": "mine"}) as w:  # not the world's: not checked
         w.extend(records)
     assert len(RecordStore(tmp_path / "imported")) == 2
+
+
+def test_no_training_scene_is_an_evaluation_scene():
+    """Train, val and test draw from disjoint random streams: none of 3,000 training images reappears
+    among 300 val and 300 test scenes (a shared stream would repeat them all). Captions may: a caption
+    names the objects, not their exact placement."""
+    cfg = WorldConfig(seed=0)
+    train = [make_scene(cfg, i, "train") for i in range(3000)]
+    seen_images = {s["image"] for s in train}
+    for split in ("val", "test"):
+        held_out = [make_scene(cfg, i, split) for i in range(300)]
+        assert not seen_images & {s["image"] for s in held_out}, split

@@ -173,3 +173,26 @@ def load_checkpoint(path: str | Path, *, expect_vocab: Vocabulary | None = None,
         trainer_state = {"step": meta["step"], "optimizer": _optimizer_state(tensors, meta["optimizer"]),
                          "rng": tensors["rng.torch"]}
     return Checkpoint(model, codec, tasks, run, path, trainer_state)
+
+
+def init_weights(model: UniTokModel, path: str | Path, *, expect_vocab: Vocabulary) -> dict[str, list[str]]:
+    """Load a release or training checkpoint's weights into ``model`` to fine-tune from them
+    (``train.init``). The vocabulary must be the same layout (else `VocabularyMismatch` naming each
+    differing block); every weight both have must have the same shape (else `CheckpointError` naming
+    the weights and both shapes: another model size). Weights only the new model has (a head the old
+    run did not train) keep their fresh initialisation; weights only the checkpoint has are left out.
+    Returns {"loaded": [...], "fresh": [...], "ignored": [...]}."""
+    path = Path(path)
+    if not (path / "model.safetensors").exists():
+        raise CheckpointError(f"train.init: {path} is not a checkpoint (no model.safetensors)")
+    load_codec(path).vocab.check_same(expect_vocab, what=f"train.init checkpoint {path}")
+    weights = load_file(str(path / "model.safetensors"))
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(weights))
+             if own[k].shape != weights[k].shape]
+    if wrong:
+        raise CheckpointError(f"train.init checkpoint {path}: {len(wrong)} weight(s) have another shape than this "
+                              f"run's model.* settings give (checkpoint vs run): " + "; ".join(wrong[:5]))
+    shared = {k: weights[k].to(own[k].dtype) for k in own if k in weights}
+    model.load_state_dict(shared, strict=False)
+    return {"loaded": sorted(shared), "fresh": sorted(set(own) - set(weights)), "ignored": sorted(set(weights) - set(own))}

@@ -152,6 +152,8 @@ def cmd_train(args) -> None:
     overrides = _overrides(args.set)
     if args.steps:
         overrides["train.steps"] = args.steps
+    if args.init:
+        overrides["train.init"] = args.init
     run = load_config(args.config, overrides)
     device = args.device or _init_distributed()
     _, results = train(run, args.out, resume=not args.fresh, device=device)
@@ -278,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="runs/tiny")
     tr.add_argument("--steps", type=int)
     tr.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    tr.add_argument("--init", metavar="CHECKPOINT", help="fine-tune: start from this checkpoint's weights "
+                    "(e.g. checkpoints/default; same vocabulary and model sizes); train.freeze keeps parts fixed")
     tr.add_argument("--device")
     tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields, e.g. train.lr=3e-4")
     tr.set_defaults(fn=cmd_train)

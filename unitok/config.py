@@ -75,6 +75,11 @@ class TrainSettings(_Strict):
     # Split each batch into groups of rows with the same number of image slots and similar target
     # lengths, run one forward pass per group: the same gradient, without padding every row to the longest.
     group_rows: bool = True
+    # Fine-tuning: start from this checkpoint's weights (a release or a training checkpoint; the same
+    # vocabulary and model sizes), and keep these parts fixed: encoder, stem, decoder, embed, or any
+    # parameter-name prefix (see Trainer.freeze).
+    init: str | None = None
+    freeze: list[str] = []
 
 
 class RunConfig(_Strict):

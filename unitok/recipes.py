@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import json
+
 import logging
 import string
 from pathlib import Path
@@ -135,6 +137,23 @@ def train_text_tokenizer(run: RunConfig, *, vocab_size: int = 1000) -> TextToken
     return TextTokenizer.train(corpus, run.tokenizers.text, vocab_size=vocab_size)
 
 
+def with_parent_model(run: RunConfig) -> tuple[RunConfig, Codec]:
+    """For ``train.init``: the run with the parent checkpoint's model settings, and the parent's codec
+    (its text model and VQ tokenizers), so the weights fit. A model setting of the run that differs
+    is reported and replaced: fine-tuning changes the tasks and data, not the architecture."""
+    from .checkpoint import CheckpointError, load_codec
+
+    parent = Path(run.train.init)
+    if not (parent / "config.json").exists():
+        raise CheckpointError(f"train.init: {parent} is not a checkpoint (no config.json)")
+    model = json.loads((parent / "config.json").read_text())["model"]
+    model = {k: v for k, v in model.items() if k not in ("vocab_size", "expert_ranges", "coord_range")}
+    changed = sorted(k for k, v in run.model.items() if model.get(k) != v)
+    if changed:
+        log.warning("train.init %s: using the checkpoint's model settings, not the run's, for %s", parent, changed)
+    return run.model_copy(update={"model": model}), load_codec(parent)
+
+
 def build_codec(run: RunConfig) -> Codec:
     text = TextTokenizer.from_file(run.tokenizers.text)
     vq = {name: load_tokenizer(getattr(run.tokenizers, name)) for name in ("image", "dense")
@@ -153,9 +172,12 @@ def train(run: RunConfig, out: str | Path, *, steps: int | None = None, resume: 
 
     tasks = load_run_tasks(run)
     prepare_data(run, tasks)
-    if not Path(run.tokenizers.text).exists():
-        train_text_tokenizer(run)
-    codec = build_codec(run)
+    if run.train.init:  # fine-tuning keeps the parent's vocabulary and architecture
+        run, codec = with_parent_model(run)
+    else:
+        if not Path(run.tokenizers.text).exists():
+            train_text_tokenizer(run)
+        codec = build_codec(run)
     train_stores = open_stores(run, tasks, "train")
     tasks = with_resolved_choices(tasks, train_stores)
     model_cfg = run.model_settings()

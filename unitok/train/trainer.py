@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import init_weights, load_checkpoint, save_checkpoint
 from ..config import RunConfig
 from ..model.config import ModelConfig
 from ..model.transformer import UniTokModel
@@ -120,15 +120,44 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs
         self.model = UniTokModel(model_cfg).to(self.device)
+        resuming = resume and (self.ckpt_dir / "trainer.json").exists()
+        if self.cfg.init and not resuming:  # a resumed fine-tuning run continues from its own checkpoint
+            parts = init_weights(self.model, self.cfg.init, expect_vocab=codec.vocab)
+            log.info("train.init %s: %d weights loaded, fresh: %s, left out: %s", self.cfg.init, len(parts["loaded"]),
+                     parts["fresh"] or "none", parts["ignored"] or "none")
+        self.freeze(self.cfg.freeze)
         self.optimizer = self._optimizer()
-        if resume and (self.ckpt_dir / "trainer.json").exists():
+        if resuming:
             self._resume()
         self.ddp = (DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else None)
 
     # ------------------------------------------------------------------ setup
+    FREEZE_PARTS = {
+        "stem": ("patch_embed.",),
+        "encoder": ("patch_embed.", "patch_pos", "slot_embed.", "mask_embed", "prompt_pos.", "encoder.", "enc_norm."),
+        "decoder": ("decoder.", "dec_norm.", "target_pos."),
+        "embed": ("embed.",),  # the shared token embedding, which is also the output head
+    }
+
+    def freeze(self, parts: list[str]) -> None:
+        """Keep the named parts fixed (``train.freeze``): a name of ``FREEZE_PARTS`` or a parameter-name
+        prefix. A name that matches no parameter is an error, not a silent no-op."""
+        names = [n for n, _ in self.model.named_parameters()]
+        for part in parts:
+            prefixes = self.FREEZE_PARTS.get(part, (part,))
+            hit = [n for n in names if n.startswith(prefixes)]
+            if not hit:
+                raise ValueError(f"train.freeze: {part!r} matches no parameter; use one of "
+                                 f"{sorted(self.FREEZE_PARTS)} or a parameter-name prefix")
+            for n, p in self.model.named_parameters():
+                if n in hit:
+                    p.requires_grad_(False)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
             (decay if p.ndim >= 2 and "embed" not in name and "pos" not in name else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, fused=False)
@@ -227,7 +256,8 @@ class Trainer:
                 for k, v in per_task.items():
                     window_tasks[k].append(v)
                 window_examples += len(batch.tasks) * self.world
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                                       self.cfg.grad_clip or float("inf"))
             self.optimizer.step()
             self.step += 1
             bar.update(1)

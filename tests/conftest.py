@@ -44,7 +44,7 @@ def micro_world(tmp_path_factory):
     tasks.mkdir()
     shutil.copy(REPO / "tasks" / "caption.yaml", tasks)
     spec = yaml.safe_load((REPO / "tasks" / "detection.yaml").read_text())
-    (tasks / "detection.yaml").write_text(yaml.safe_dump({**spec, "weight": 2.0}))
+    (tasks / "detection.yaml").write_text(yaml.safe_dump({**spec, "weight": 3.0}))
     run = micro_config(tmp)
     recipes.train_text_tokenizer(run)
     recipes.prepare_data(run, recipes.load_run_tasks(run))

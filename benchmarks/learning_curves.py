@@ -20,7 +20,8 @@ from pathlib import Path
 
 def curves(run: Path, metrics: dict | None) -> dict:
     config = json.loads((run / "checkpoint" / "config.json").read_text())
-    batch = config["train"]["batch_size"] * config["train"].get("accumulate", 1)
+    train = config["run"]["train"]
+    batch = train["batch_size"] * train.get("accumulate", 1)
     rows = list(csv.DictReader((run / "eval.csv").open()))
     tasks = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("eval/")})
     out = {}

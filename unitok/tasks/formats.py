@@ -289,14 +289,11 @@ class ImageFormat(TargetFormat):
     """
 
     def encode(self, value, ctx, rng):
+        # Masked image modelling too trains every code, the hidden and the visible: evaluation decodes
+        # and scores the whole image, so a code left out of the loss would be scored untrained (BEiT
+        # scores only the hidden codes; here the visible ones are the cheap part of the same picture).
         ids = ctx.codec.encode_image(_decode_image_field(value))
-        if ctx.patch_mask is None:
-            return ids, [1.0] * len(ids)
-        # Masked image modelling (BEiT): every code is predicted, only the hidden ones are scored.
-        h, w = ctx.codec.image.grid
-        g = int(round(ctx.patch_mask.shape[1] ** 0.5))
-        hidden = torch.nn.functional.interpolate(ctx.patch_mask[:1].view(1, 1, g, g).float(), size=(h, w), mode="nearest")
-        return ids, hidden.flatten().tolist()
+        return ids, [1.0] * len(ids)
 
     def decode(self, ids, ctx, logprobs=None):
         n = ctx.codec.image.num_codes

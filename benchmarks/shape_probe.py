@@ -7,9 +7,11 @@ scored on the same held-out scenes after every ``--eval-every`` examples:
 * ``vit``: UniTok's ``conv`` stem, two standard ``nn.TransformerEncoderLayer``s, mean-pooled linear head.
 * ``unitok-conv``, ``unitok-deep``: ``UniTokModel`` answering through its decoder (one step from BOS,
   cross-attention, the tied output head scored over the five label ids), with the ``conv`` or ``deep``
-  patch stem.
-* ``unitok-deep-bow``: the same, trained with the bag-of-target-tokens loss on the pooled encoder output
-  beside the decoder's (``train.bow_weight``), as the training recipe does.
+  patch stem and the default ``init: fan_in``.
+* ``unitok-deep-gpt2``: the same with ``init: gpt2`` (every weight and embedding at std 0.02), the
+  initialisation that kept the decoder path at chance.
+* ``unitok-deep-bow``: ``unitok-deep`` trained with the bag-of-target-tokens loss on the pooled encoder
+  output beside the decoder's (``train.bow_weight``).
 
     python benchmarks/shape_probe.py --examples 19200 --out benchmarks/results/shape_probe.json
 
@@ -23,14 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unitok.data.world_scene import SHAPES, WorldConfig, paint, sample_scene  # noqa: E402
+from unitok.data.world_scene import SHAPES, single_object_images  # noqa: E402
 from unitok.model.config import ModelConfig  # noqa: E402
 from unitok.model.transformer import PatchStem, UniTokModel  # noqa: E402
 from unitok.train.trainer import bow_loss, row_losses  # noqa: E402
@@ -40,20 +41,13 @@ BOS, PROMPT = 2, [20, 21, 22]
 
 
 def single_object_scenes(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, 3, size, size) images in [-1, 1] with one shape each, and the shape's index."""
-    cfg = WorldConfig(seed=seed, size=size, min_objects=1, max_objects=1)
-    rng = np.random.default_rng(seed)
-    x, y = np.zeros((n, 3, size, size), np.float32), np.zeros(n, np.int64)
-    for i in range(n):
-        scene = sample_scene(cfg, rng)
-        x[i] = paint(scene.backdrop, scene.shapes).transpose(2, 0, 1) / 127.5 - 1
-        y[i] = SHAPES.index(scene.shapes[0].shape)
+    x, y = single_object_images(n, seed, size)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def model_config(stem: str, bow: bool, size: int) -> ModelConfig:
+def model_config(stem: str, bow: bool, size: int, init: str = "fan_in") -> ModelConfig:
     return ModelConfig(vocab_size=64, d_model=128, n_heads=4, enc_layers=2, dec_layers=2, image_size=size,
-                       patch_stem=stem, bow_head=bow)
+                       patch_stem=stem, bow_head=bow, init=init)
 
 
 class Classifier(nn.Module):
@@ -79,9 +73,9 @@ class Classifier(nn.Module):
 class DecoderProbe(nn.Module):
     """UniTokModel answering the shape through its decoder, as every task does."""
 
-    def __init__(self, stem: str, bow: bool, size: int, bow_weight: float = 0.5):
+    def __init__(self, stem: str, bow: bool, size: int, bow_weight: float = 0.5, init: str = "fan_in"):
         super().__init__()
-        self.model = UniTokModel(model_config(stem, bow, size))
+        self.model = UniTokModel(model_config(stem, bow, size, init))
         self.bow, self.bow_weight = bow, bow_weight
 
     def run(self, x: torch.Tensor):
@@ -106,15 +100,18 @@ def build(arm: str, size: int, bow_weight: float) -> nn.Module:
     if arm in ("cnn", "vit"):
         return Classifier(arm, size)
     stem = arm.split("-")[1]
-    return DecoderProbe(stem, arm.endswith("-bow"), size, bow_weight)
+    return DecoderProbe(stem, arm.endswith("-bow"), size, bow_weight, "gpt2" if arm.endswith("-gpt2") else "fan_in")
 
 
 def train_arm(arm: str, data, *, examples: int, eval_every: int, batch: int = 32, lr: float = 1e-3,
-              seed: int = 0, size: int = 64, bow_weight: float = 0.5) -> dict:
+              seed: int = 0, size: int = 64, bow_weight: float = 0.5, net: nn.Module | None = None,
+              eps: float = 1e-8) -> dict:
+    """Train ``net`` (default: ``build(arm)`` from seed ``seed``) and score it every ``eval_every`` examples."""
     x_train, y_train, x_val, y_val = data
-    torch.manual_seed(seed)
-    net = build(arm, size, bow_weight)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
+    if net is None:
+        torch.manual_seed(seed)
+        net = build(arm, size, bow_weight)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05, eps=eps)
     order = torch.Generator().manual_seed(seed)
     curve, seen, t0 = [], 0, time.perf_counter()
     while seen < examples:
@@ -136,7 +133,7 @@ def train_arm(arm: str, data, *, examples: int, eval_every: int, batch: int = 32
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arms", nargs="+", default=["cnn", "vit", "unitok-conv", "unitok-deep", "unitok-deep-bow"])
+    ap.add_argument("--arms", nargs="+", default=["cnn", "vit", "unitok-conv", "unitok-deep", "unitok-deep-gpt2"])
     ap.add_argument("--examples", type=int, default=19200)
     ap.add_argument("--eval-every", type=int, default=3200)
     ap.add_argument("--train-scenes", type=int, default=20000)

@@ -288,6 +288,19 @@ def sample_scene(cfg: WorldConfig, rng: np.random.Generator, background: str | N
     return layout(cfg, sample_plan(cfg, rng, background), rng)
 
 
+def single_object_images(n: int, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3, size, size) float32 images in [-1, 1] with one shape each, and each shape's index in
+    ``SHAPES``: the object-identity probe (``benchmarks/shape_probe.py``, ``tests/test_shape_identity.py``)."""
+    cfg = WorldConfig(seed=seed, size=size, min_objects=1, max_objects=1)
+    rng = np.random.default_rng(seed)
+    x, y = np.zeros((n, 3, size, size), np.float32), np.zeros(n, np.int64)
+    for i in range(n):
+        scene = sample_scene(cfg, rng)
+        x[i] = paint(scene.backdrop, scene.shapes).transpose(2, 0, 1) / 127.5 - 1
+        y[i] = SHAPES.index(scene.shapes[0].shape)
+    return x, y
+
+
 def paint(backdrop: np.ndarray, shapes: list[Shape]) -> np.ndarray:
     """(H, W, 3) uint8 image: shapes (nearest first) painted far-to-near, so nearer ones occlude."""
     image = backdrop.copy()

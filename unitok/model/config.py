@@ -16,6 +16,8 @@ class ModelConfig:
     patch_size: int = 8
     patch_stem: str = "conv"  # "linear": one p x p conv (plain ViT); "conv": stride-2 conv stack (early
     #                           convolutions); "deep": conv stages with stride-1 convs and GroupNorm
+    init: str = "fan_in"  # "fan_in": every weight matrix and embedding at std 1/sqrt(fan-in); "gpt2": std 0.02
+    #                      (both scale residual output projections by 1/sqrt(2 * layers))
     bow_head: bool = False  # a bag-of-target-tokens head on the pooled encoder output (train.bow_weight)
     max_images: int = 4  # image slots in the encoder (a second image, video frames)
     max_prompt_len: int = 64  # text positions in the encoder
@@ -39,6 +41,17 @@ class ModelConfig:
         return (self.image_size // self.patch_size) ** 2
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value, kind = getattr(self, f.name), f.type
+            if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"model.{f.name} must be an integer, got {value!r}")
+            if kind == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise ValueError(f"model.{f.name} must be a number, got {value!r}")
+            if kind in ("bool", "str") and not isinstance(value, {"bool": bool, "str": str}[kind]):
+                raise ValueError(f"model.{f.name} must be a {'boolean' if kind == 'bool' else 'string'}, got {value!r}")
+        if tuple(self.experts) != ("text", "vision"):
+            # The encoder routes patches to expert 1 and prompt tokens to expert 0 (TEXT_EXPERT, VISION_EXPERT)
+            raise ValueError(f"model.experts must be ['text', 'vision'] (in that order), got {list(self.experts)}")
         self.experts = tuple(self.experts)
         self.expert_ranges = [tuple(r) for r in self.expert_ranges]
         self.coord_range = tuple(self.coord_range) if self.coord_range else None
@@ -48,6 +61,8 @@ class ModelConfig:
             raise ValueError(f"model.image_size ({self.image_size}) must be divisible by model.patch_size ({self.patch_size})")
         if self.patch_stem not in ("linear", "conv", "deep"):
             raise ValueError(f"model.patch_stem must be 'linear', 'conv' or 'deep', got {self.patch_stem!r}")
+        if self.init not in ("fan_in", "gpt2"):
+            raise ValueError(f"model.init must be 'fan_in' or 'gpt2', got {self.init!r}")
         if self.patch_stem in ("conv", "deep") and self.patch_size & (self.patch_size - 1):
             raise ValueError(f"model.patch_stem 'conv' needs a power-of-two patch_size, got {self.patch_size}")
         if self.shared_expert_layers > self.enc_layers:

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoint import init_weights, load_checkpoint, save_checkpoint
+from ..checkpoint import init_weights, load_checkpoint, recover_dir, save_checkpoint
 from ..config import RunConfig
 from ..model.config import ModelConfig
 from ..model.transformer import UniTokModel
@@ -65,24 +65,30 @@ def row_losses(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     return (ce * weights).sum(1), weights.sum(1)
 
 
-def normalise_loss(sums: torch.Tensor, counts: torch.Tensor, tasks: list[str], how: str) -> torch.Tensor:
-    """The batch loss from per-row sums and weight counts (``train.loss_norm``).
+def row_scales(counts: torch.Tensor, tasks: list[str], how: str) -> torch.Tensor:
+    """Each row's multiplier in the batch loss, ``(row_sums * row_scales).sum()`` (``train.loss_norm``);
+    ``counts``: each row's sum of target-token weights. Known before any forward pass, so a batch run in
+    groups of rows (``train.group_rows``) gets the gradient of the whole padded batch.
 
     ``token``: every target token of the batch counts alike, so a task's share of the gradient is its
     share of tokens (a 65-code depth map outweighs a one-token label 65 to 1). ``example``: each row's
     mean over its own tokens, averaged over rows: a task's share is its share of rows, which is what
     its mixture weight sets. ``task``: each task's mean over its rows, averaged over the tasks present."""
     if how == "token":
-        return sums.sum() / counts.sum().clamp(min=1.0)
-    per_row = sums / counts.clamp(min=1.0)
+        return torch.full_like(counts, 1.0) / counts.sum().clamp(min=1.0)
+    per_row = 1.0 / counts.clamp(min=1.0)
     if how == "example":
-        return per_row.mean()
+        return per_row / len(tasks)
     if how == "task":
-        names = sorted(set(tasks))
-        index = torch.tensor([names.index(t) for t in tasks], device=per_row.device)
-        per_task = torch.zeros(len(names), device=per_row.device).index_add(0, index, per_row)
-        return (per_task / torch.bincount(index, minlength=len(names)).to(per_row.dtype)).mean()
+        per_task = Counter(tasks)
+        share = [1.0 / (per_task[t] * len(per_task)) for t in tasks]
+        return per_row * torch.tensor(share, dtype=per_row.dtype, device=per_row.device)
     raise ValueError(f"train.loss_norm must be token, example or task, got {how!r}")
+
+
+def normalise_loss(sums: torch.Tensor, counts: torch.Tensor, tasks: list[str], how: str) -> torch.Tensor:
+    """The batch loss from per-row sums and weight counts (``row_scales``)."""
+    return (sums * row_scales(counts, tasks, how).to(sums.dtype)).sum()
 
 
 def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, tasks: list[str] | None = None,
@@ -120,7 +126,15 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs
         self.model = UniTokModel(model_cfg).to(self.device)
+        if self.rank == 0:
+            restored = recover_dir(self.ckpt_dir)  # a kill between a save's two renames
+            if restored:
+                log.warning("put back %s from the copy a killed save left beside it", restored)
+        if self.world > 1:
+            dist.barrier()
         resuming = resume and (self.ckpt_dir / "trainer.json").exists()
+        if not resuming and self.rank == 0:
+            self._truncate_log(0)  # a fresh start's curve is not spliced onto an old run's
         if self.cfg.init and not resuming:  # a resumed fine-tuning run continues from its own checkpoint
             parts = init_weights(self.model, self.cfg.init, expect_vocab=codec.vocab)
             log.info("train.init %s: %d weights loaded, fresh: %s, left out: %s", self.cfg.init, len(parts["loaded"]),
@@ -196,19 +210,8 @@ class Trainer:
         padding, not the gradient. Returns the loss and each task's share of it (for the log)."""
         model = self.ddp or self.model
         groups = split_rows(batch) if self.cfg.group_rows else [list(range(len(batch.tasks)))]
-        how, n_rows = self.cfg.loss_norm, len(batch.tasks)
-        # Every row's weight in the batch loss, known before any forward pass: its denominator
-        # (tokens of the whole batch, or rows, or rows of its task times the tasks present).
-        counts = batch.weights.sum(1).clamp(min=1.0)
-        if how == "token":
-            row_scale = torch.full((n_rows,), 1.0) / batch.weights.sum().clamp(min=1.0)
-        elif how == "example":
-            row_scale = 1.0 / (counts * n_rows)
-        else:
-            per_task = defaultdict(int)
-            for t in batch.tasks:
-                per_task[t] += 1
-            row_scale = torch.tensor([1.0 / (per_task[t] * len(per_task)) for t in batch.tasks]) / counts
+        n_rows = len(batch.tasks)
+        row_scale = row_scales(batch.weights.sum(1), batch.tasks, self.cfg.loss_norm)
         total, shares, means = 0.0, defaultdict(float), defaultdict(list)
         sync = getattr(model, "no_sync", None)
         for gi, rows in enumerate(groups):
@@ -281,8 +284,8 @@ class Trainer:
     def save(self) -> None:
         if self.rank == 0:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}
-            dtype = torch.bfloat16 if self.cfg.save_dtype == "bfloat16" else torch.float32
-            save_checkpoint(self.ckpt_dir, self.model, self.codec, self.tasks, self.run, trainer_state=state, dtype=dtype)
+            # always float32: resume must be exact (release copies in bf16: `unitok export --dtype bfloat16`)
+            save_checkpoint(self.ckpt_dir, self.model, self.codec, self.tasks, self.run, trainer_state=state)
         if self.world > 1:
             dist.barrier()
 

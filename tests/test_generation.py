@@ -4,6 +4,7 @@ the Pix2Seq detection augmentation."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -288,6 +289,18 @@ def constrained_logprobs(model, inputs: EncoderInputs, constraint: Constraint, g
     return out
 
 
+def test_inference_is_fp32_unless_bf16_is_asked_for(codec, tasks, monkeypatch):
+    """On a CPU with native bf16, ``auto`` at inference gave other outputs than fp32, so results
+    depended on the user's CPU: the default is fp32 whatever the CPU, and bf16 only when asked."""
+    import unitok.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    model = make_model(codec)
+    assert Predictor(model, codec, tasks).bf16 is False
+    assert Predictor(model, codec, tasks, bf16="auto").bf16 is True
+    assert Predictor(model, codec, tasks, bf16=True).bf16 is True
+
+
 def test_guidance_scale_zero_is_unguided(codec, tasks):
     model = make_model(codec, 6)
     predictor = Predictor(model, codec, tasks)
@@ -412,6 +425,25 @@ def test_noise_boxes_augment_training_sequences(codec, tasks):
     assert fmt.encode(objects, ctx, None) == (ids[:noise_at[0] - 4], weights[:noise_at[0] - 4])  # evaluation: no noise
     parsed = fmt.decode(ids, ctx)
     assert [b.label for b in parsed.boxes] == ["circle"]  # noise boxes are dropped
+
+
+def test_box_score_can_include_the_coordinates_confidence(codec, tasks):
+    """AP ranks boxes by score: ``label_coords`` multiplies the label's probability by the geometric mean
+    of the four coordinate tokens' probabilities, so of two boxes named with equal confidence the
+    better-placed one ranks first; ``label`` (Pix2Seq) scores them alike."""
+    objects = [{"box": [2, 3, 20, 30], "category": "circle"}, {"box": [30, 8, 50, 40], "category": "circle"}]
+    label = tasks["boxes"].target.model_copy(update={"noise_boxes": 0})
+    ctx = FormatContext(codec, label, 64, 48)
+    fmt = FORMATS.get("boxes")()
+    ids, _ = fmt.encode(objects, ctx, None)
+    n = len(ids) // 2
+    sure, unsure = [math.log(0.9)] * 4, [math.log(0.3)] * 4
+    logprobs = sure + [math.log(0.8)] * (n - 4) + unsure + [math.log(0.8)] * (n - 4)
+    by_label = fmt.decode(ids, ctx, logprobs).boxes
+    assert [b.score for b in by_label] == pytest.approx([0.8, 0.8])
+    ctx = FormatContext(codec, label.model_copy(update={"box_score": "label_coords"}), 64, 48)
+    both = fmt.decode(ids, ctx, logprobs).boxes
+    assert [b.score for b in both] == pytest.approx([0.8 * 0.9, 0.8 * 0.3])
 
 
 def test_eos_weight_reaches_the_example(codec):

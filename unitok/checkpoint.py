@@ -10,7 +10,8 @@
     trainer.json        step and optimizer hyper-parameters
 
 Writing goes to a temporary sibling directory that is renamed into place, so a run killed while
-saving leaves the previous checkpoint intact.
+saving leaves the previous checkpoint intact; a kill between the renames leaves a complete sibling
+that ``recover_dir`` (called before every save and before a run resumes) puts back.
 """
 from __future__ import annotations
 
@@ -51,13 +52,20 @@ class Checkpoint:
     trainer_state: dict = field(default_factory=dict)  # {"step": int, "optimizer": state_dict, "rng": tensor}
 
 
+COMPLETE = ".complete"  # written last into a checkpoint directory before it is published
+
+
 def _atomic_dir(path: Path, write) -> None:
+    """Write a directory beside ``path`` and publish it with renames. A kill at any instant leaves either
+    ``path`` or a complete sibling that ``recover_dir`` puts back in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)  # a kill before may have left the last good copy beside it, and temporaries
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     write(tmp)
+    (tmp / COMPLETE).write_text("")
     for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
         if f.is_file():
             with open(f, "rb") as fh:
@@ -65,8 +73,52 @@ def _atomic_dir(path: Path, write) -> None:
     old = path.parent / f".{path.name}.old-{os.getpid()}"
     if path.exists():
         os.replace(path, old)
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # a kill between the two renames: recover_dir publishes tmp (or old)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(json.loads((path / "trainer.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def recover_dir(path: str | Path) -> Path | None:
+    """After a kill while saving: if ``path`` is missing, put back the newest complete sibling (a
+    finished temporary, else the previous copy); then remove every other temporary and old copy.
+    Returns the directory put back, if any."""
+    path = Path(path)
+    siblings = [p for p in path.parent.glob(f".{path.name}.tmp-*")] + [p for p in path.parent.glob(f".{path.name}.old-*")]
+    restored = None
+    if not path.exists():
+        # a finished temporary is newer than any old copy; among several, the furthest step
+        complete = [p for p in siblings if (p / COMPLETE).exists() or ".old-" in p.name and (p / "model.safetensors").exists()]
+        complete.sort(key=lambda p: (".tmp-" in p.name and (p / COMPLETE).exists(), _step_of(p), p.stat().st_mtime))
+        if complete:
+            restored = complete[-1]
+            os.replace(restored, path)
+    for p in siblings:
+        if p != restored:
+            shutil.rmtree(p, ignore_errors=True)
+    return path if restored is not None else None
+
+
+def _load_tensors(file: Path, device: str | torch.device = "cpu", *, finite: bool = True) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; an unreadable file (truncated, pickled, not safetensors) or, with
+    ``finite``, a NaN/Inf weight is a `CheckpointError` naming the file and the weight."""
+    try:
+        tensors = load_file(str(file), device=str(device))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing") from None
+    except Exception as e:  # safetensors raises its own error types for a corrupt header or short data
+        raise CheckpointError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                              "was it truncated, or saved with torch.save (pickle, which is never loaded)?") from None
+    if finite:
+        for key, t in tensors.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise CheckpointError(f"{file}: weight {key!r} has NaN or Inf values")
+    return tensors
 
 
 def _optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -152,7 +204,7 @@ def load_checkpoint(path: str | Path, *, expect_vocab: Vocabulary | None = None,
     if cfg.vocab_size != codec.vocab.size:
         raise VocabularyMismatch(f"{path}: model vocab_size {cfg.vocab_size} but vocab.json has {codec.vocab.size} ids")
     model = UniTokModel(cfg)
-    weights = load_file(str(path / "model.safetensors"), device=str(device))
+    weights = _load_tensors(path / "model.safetensors", device)
     own = model.state_dict()
     for key in sorted(set(own) | set(weights)):
         if key not in weights:
@@ -169,7 +221,7 @@ def load_checkpoint(path: str | Path, *, expect_vocab: Vocabulary | None = None,
     trainer_state = {}
     if with_trainer and (path / "trainer.json").exists():
         meta = json.loads((path / "trainer.json").read_text())
-        tensors = load_file(str(path / "trainer.safetensors"))
+        tensors = _load_tensors(path / "trainer.safetensors", finite=False)
         trainer_state = {"step": meta["step"], "optimizer": _optimizer_state(tensors, meta["optimizer"]),
                          "rng": tensors["rng.torch"]}
     return Checkpoint(model, codec, tasks, run, path, trainer_state)
@@ -186,7 +238,7 @@ def init_weights(model: UniTokModel, path: str | Path, *, expect_vocab: Vocabula
     if not (path / "model.safetensors").exists():
         raise CheckpointError(f"train.init: {path} is not a checkpoint (no model.safetensors)")
     load_codec(path).vocab.check_same(expect_vocab, what=f"train.init checkpoint {path}")
-    weights = load_file(str(path / "model.safetensors"))
+    weights = _load_tensors(path / "model.safetensors")
     own = model.state_dict()
     wrong = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(weights))
              if own[k].shape != weights[k].shape]

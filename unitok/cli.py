@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default="configs/tiny.yaml")
     t.add_argument("--vocab-size", type=int, default=1000)
     t.add_argument("--out", help="asset prefix for image/dense tokenizers")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    t.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     t.set_defaults(fn=cmd_tokenizers_train, takes_extra=True)  # image/dense: other options go to the VQ trainer
 
     tasks = sub.add_parser("tasks", help="list and check task specs").add_subparsers(dest="sub", required=True)
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init", metavar="CHECKPOINT", help="fine-tune: start from this checkpoint's weights "
                     "(e.g. checkpoints/default; same vocabulary and model sizes); train.freeze keeps parts fixed")
     tr.add_argument("--device")
-    tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields, e.g. train.lr=3e-4")
+    tr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config fields, e.g. train.lr=3e-4")
     tr.set_defaults(fn=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint with each task's metric")

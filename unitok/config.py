@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .model.config import ModelConfig
 
@@ -65,7 +65,6 @@ class TrainSettings(_Strict):
     save_every: int = Field(250, ge=1)
     eval_every: int = Field(0, ge=0)  # 0: only at the end
     eval_examples: int = Field(100, ge=1)  # per task, during training
-    save_dtype: str = Field("float32", pattern="^(float32|bfloat16)$")
     # How the cross-entropy of a batch is averaged. "example": each row's mean over its own target tokens,
     # then the mean over rows, so a spec's weight is its share of the gradient whatever its target length;
     # "task": the mean per task, then over the batch's tasks; "token": over every target token of the batch.
@@ -80,6 +79,18 @@ class TrainSettings(_Strict):
     # parameter-name prefix (see Trainer.freeze).
     init: str | None = None
     freeze: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _training_checkpoints_are_fp32(cls, data):
+        """``save_dtype`` (older configs and run records) is gone: a bf16 training checkpoint made resume
+        inexact. Release copies in bf16 come from ``unitok export --dtype bfloat16``."""
+        if isinstance(data, dict) and "save_dtype" in data:
+            data = dict(data)
+            if data.pop("save_dtype") != "float32":
+                raise ValueError("train.save_dtype was removed: training checkpoints are always float32, so resume "
+                                 "is exact; make a bf16 release copy with `unitok export --dtype bfloat16`")
+        return data
 
 
 class RunConfig(_Strict):

@@ -20,7 +20,6 @@ from .config import RunConfig
 from .data.store import RecordStore, StoreWriter
 from .data.world import KINDS, WorldConfig, iter_world, meta_for
 from .modalities.codec import Codec
-from .runtime import use_bf16
 from .modalities.text import TextTokenizer
 from .modalities.vqvae import load_tokenizer
 from .tasks.formats import FORMATS, resolve_choices
@@ -187,7 +186,8 @@ def train(run: RunConfig, out: str | Path, *, steps: int | None = None, resume: 
     n_eval = eval_examples or run.train.eval_examples
 
     def evaluate(model, step):
-        predictor = Predictor(model, codec, tasks, bf16=use_bf16(run.train.bf16, device), device=device)
+        # fp32 unless bf16 was asked for outright: the learning curve must not depend on the CPU
+        predictor = Predictor(model, codec, tasks, bf16=run.train.bf16 is True, device=device)
         return evaluate_tasks(predictor, eval_stores, max_examples=n_eval, progress=False)
 
     trainer = Trainer(run, out, codec, tasks, sources, evaluate=evaluate, resume=resume, device=device)

@@ -81,7 +81,7 @@ class Pipeline:
         self._patterns = [(name, _template_pattern(t)) for name, t in templates]
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, *, device: str = "cpu", bf16: bool | str = "auto") -> "Pipeline":
+    def from_pretrained(cls, path: str | os.PathLike | None = None, *, device: str = "cpu", bf16: bool | str = False) -> "Pipeline":
         path = Path(path) if path else DEFAULT_CHECKPOINT
         if not path.exists():
             shipped = path == DEFAULT_CHECKPOINT

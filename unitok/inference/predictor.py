@@ -31,10 +31,12 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model: UniTokModel, codec: Codec, tasks: dict[str, TaskSpec], *, bf16: bool | str = "auto",
+    def __init__(self, model: UniTokModel, codec: Codec, tasks: dict[str, TaskSpec], *, bf16: bool | str = False,
                  device: str | torch.device = "cpu", compile: bool = False):
         """``compile=True`` runs the per-token decoder step through ``torch.compile``: faster decoding
-        after a one-off compilation of tens of seconds per batch shape (worth it for a server)."""
+        after a one-off compilation of tens of seconds per batch shape (worth it for a server).
+        ``bf16``: False (the default) decodes in fp32, so outputs are the same on every CPU; True or
+        "auto" (where the hardware multiplies bf16 natively) autocasts to bf16, faster and not bit-equal."""
         self.model, self.codec, self.tasks = model, codec, tasks
         self.device = torch.device(device)
         self.bf16 = use_bf16(bf16, self.device)

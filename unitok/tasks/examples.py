@@ -60,9 +60,10 @@ class ExampleBuilder:
     """Applies one task spec to records. Holds no store: it is cheap to pickle into workers."""
 
     def __init__(self, spec: TaskSpec, codec: Codec, *, image_size: int, max_prompt_len: int, meta: dict | None = None,
-                 patch_size: int = 8):
+                 patch_size: int = 8, max_target_len: int | None = None):
         self.spec, self.codec = spec, codec
         self.image_size, self.max_prompt_len, self.patch_size = image_size, max_prompt_len, patch_size
+        self.max_target_len = max_target_len
         self.meta = dict(meta or {})
         self.format: TargetFormat = FORMATS.get(spec.target.format)()
 
@@ -70,10 +71,11 @@ class ExampleBuilder:
     def for_model(cls, spec: TaskSpec, codec: Codec, model_cfg, meta: dict | None = None) -> "ExampleBuilder":
         """A builder matching a model's input geometry (image size, patches, prompt length)."""
         return cls(spec, codec, image_size=model_cfg.image_size, max_prompt_len=model_cfg.max_prompt_len,
-                   patch_size=model_cfg.patch_size, meta=meta)
+                   patch_size=model_cfg.patch_size, meta=meta, max_target_len=model_cfg.max_target_len)
 
     def context(self, width: float = 1.0, height: float = 1.0) -> FormatContext:
-        return FormatContext(self.codec, self.spec.target, width, height, self.meta)
+        budget = self.max_target_len - 1 if self.max_target_len else None  # room for eos
+        return FormatContext(self.codec, self.spec.target, width, height, self.meta, max_tokens=budget)
 
     def items(self, record: dict) -> list[Any]:
         """The ``each`` items of a record (a one-element list when the task has no ``each``)."""
@@ -149,11 +151,18 @@ class ExampleBuilder:
             return Example(self.spec.name, prompt, images, [EOS], [1.0], width, height, None, str(record.get("id", "")),
                            patch_mask=ctx.patch_mask)
         value = self._field(self.spec.target.field, record, item, "target.field")
-        fields, value = self.format.split(value, ctx, noise)
+        try:
+            fields, value = self.format.split(value, ctx, noise)
+        except ValueError as e:
+            raise ExampleError(f"task {self.spec.name} ({self.spec.source}): record {record.get('id')!r}: {e}") from None
         prompt = self.prompt_ids(template, record, item, width, height, fields)
         if rng is not None and self.spec.prompt_dropout and rng.random() < self.spec.prompt_dropout:
             prompt = []  # unconditional example for classifier-free guidance
         target, weights = self.format.encode(value, ctx, rng)
+        if ctx.max_tokens is not None and len(target) > ctx.max_tokens:
+            raise ExampleError(f"task {self.spec.name} ({self.spec.source}): record {record.get('id')!r}: target of "
+                               f"{len(target) + 1} tokens exceeds the model's max_target_len={self.max_target_len} "
+                               f"(target.field {self.spec.target.field!r})")
         reference = None
         if rng is None:
             reference = (self._field(self.spec.target.reference, record, item, "target.reference")

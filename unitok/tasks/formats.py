@@ -37,6 +37,7 @@ class FormatContext:
     height: float = 1.0
     meta: dict = field(default_factory=dict)  # the store's metadata (closed label sets live there)
     patch_mask: Any = None  # (N, P) bool tensor of patches hidden from the encoder, when the task masks them
+    max_tokens: int | None = None  # the target's token budget (the model's max_target_len, less eos)
 
 
 class TargetFormat:
@@ -155,8 +156,12 @@ class BoxesFormat(TargetFormat):
     their coordinates get loss weight 0 (nothing to learn there) and their label weight 1, so the
     model learns to call a doubtful box noise rather than to stop early (``target.eos_weight`` lowers
     eos further). At inference the grammar admits ``<noise>`` as a label, decoding runs over the
-    whole budget (``decoding.min_tokens``) and noise-labelled boxes are dropped; each kept box is
-    scored by its label's probability.
+    whole budget (``decoding.min_tokens``) and noise-labelled boxes are dropped. A record with more
+    objects than the model's target length holds is cut to the objects that fit (Pix2Seq caps the
+    objects per image; with ``order: random`` a different subset each time); each kept box is
+    scored by its label's probability, or with ``target.box_score: label_coords`` by that times the
+    geometric mean of its coordinate tokens' probabilities, so that AP ranks a well-placed box above a
+    doubtful one with the same label confidence.
     """
 
     def check(self, target):
@@ -168,13 +173,18 @@ class BoxesFormat(TargetFormat):
             objects = [objects[i] for i in rng.permutation(len(objects))]
         ids: list[int] = []
         weights: list[float] = []
+        budget = ctx.max_tokens if ctx.max_tokens is not None else float("inf")
         for obj in objects:
             label = ctx.codec.encode_text(str(obj[ctx.target.label]))
+            if len(ids) + 4 + len(label) > budget:  # Pix2Seq caps the objects per image: the rest are left out
+                break
             ids += ctx.codec.encode_box(obj[ctx.target.box], ctx.width, ctx.height) + label
             weights += [1.0] * (4 + len(label))
         if rng is not None:
             real = [list(map(float, o[ctx.target.box])) for o in objects]
             for _ in range(ctx.target.noise_boxes - len(objects)):
+                if len(ids) + 5 > budget:
+                    break
                 ids += ctx.codec.encode_box(_noise_box(rng, real, ctx.width, ctx.height), ctx.width, ctx.height) + [NOISE]
                 weights += [0.0] * 4 + [1.0]
         return ids, weights
@@ -192,7 +202,11 @@ class BoxesFormat(TargetFormat):
             if j == i + 4:  # a box without a label is a truncated tail
                 break
             x0, y0, x1, y1 = codec.decode_box(ids[i:i + 4], ctx.width, ctx.height)
-            score = _score(logprobs[i + 4:j]) if logprobs else 1.0
+            score = 1.0
+            if logprobs:
+                score = _score(logprobs[i + 4:j])
+                if ctx.target.box_score == "label_coords":
+                    score *= _score(logprobs[i:i + 4])
             boxes.append(Box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1),
                              codec.decode_text(ids[i + 4:j]).strip(), score))
             i = j
@@ -391,6 +405,8 @@ class MaskedTextFormat(TargetFormat):
             value = value[int(rng.integers(len(value)))]
         pieces = ctx.codec.encode_text(str(value))
         n = len(pieces)
+        if n == 0:
+            raise ValueError(f"masked_text: the text to mask is empty ({ctx.target.field!r})")
         hide = np.zeros(n, dtype=bool)
         budget = max(1, int(round(ctx.target.mask_ratio * n)))
         while hide.sum() < budget:

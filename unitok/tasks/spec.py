@@ -46,6 +46,9 @@ class Target(_Strict):
     kind: str | None = None  # dense formats: segmentation | depth | mask
     noise_boxes: int = Field(0, ge=0)  # boxes (Pix2Seq): in training, pad with <noise> boxes up to this many objects
     eos_weight: float = Field(1.0, ge=0)  # loss weight of eos (Pix2Seq: low, so detection does not stop early)
+    # boxes: how a predicted box is scored for AP's ranking: its label's probability ("label", Pix2Seq),
+    # or that times the geometric mean of its four coordinate tokens' probabilities ("label_coords")
+    box_score: Literal["label", "label_coords"] = "label"
     reference: str | None = None  # field the metric compares against, when not the target itself
     mask_ratio: float = Field(0.3, gt=0, lt=1)  # masked_text: fraction of text pieces hidden
 

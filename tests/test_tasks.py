@@ -149,3 +149,54 @@ def test_random_model_outputs_always_parse_in_a_mixed_batch(codec, seed):
                 assert 0 <= box.x0 <= box.x1 <= 64 and 0 <= box.y0 <= box.y1 <= 64 and box.label
         else:
             assert all(codec.is_text(t) for t in p.tokens)
+
+
+# -- the spec language on real-data shapes: list indexing and where filters ----------------------------------
+
+def test_field_paths_index_lists():
+    from unitok.tasks.examples import resolve
+
+    record = {"captions": ["two digits", "a three and a five"], "objects": [{"box": [1, 2, 3, 4], "category": "3"}]}
+    assert resolve("captions.0", record) == "two digits"
+    assert resolve("captions[1]", record) == "a three and a five"
+    assert resolve("captions[-1]", record) == "a three and a five"
+    assert resolve("objects[0].category", record) == "3"
+    for missing in ("captions.2", "captions[x]", "objects.0.colour"):
+        with pytest.raises(KeyError):
+            resolve(missing, record)
+
+
+def test_where_keeps_only_matching_items_and_records(codec):
+    from unitok.train.data import TaskSource
+
+    body = GOOD.replace("target: {format: text, field: captions}",
+                        "each: questions\ntarget: {format: text, field: answer}\nwhere: {question_type: [count, colour]}")
+    spec = parse_spec(body)
+    builder = ExampleBuilder(spec, codec, image_size=32, max_prompt_len=32)
+    qs = [{"question_type": "count", "answer": "two"}, {"question_type": "shape", "answer": "circle"},
+          {"question_type": "colour", "answer": "red"}]
+    assert [q["answer"] for q in builder.items({"id": "a", "questions": qs})] == ["two", "red"]
+    assert builder.items({"id": "b", "questions": qs[1:2]}) == []
+
+    class Store(list):
+        path = Path("<store>")
+
+    store = Store([{"id": "a", "questions": qs}, {"id": "b", "questions": qs[1:2]}, {"id": "c", "questions": qs[:1]}])
+    source = TaskSource.filtered(builder, store)
+    assert len(source) == 2 and [source.record(i)["id"] for i in range(2)] == ["a", "c"]
+    only_shapes = ExampleBuilder(parse_spec(body.replace("[count, colour]", "weight")), codec, image_size=32, max_prompt_len=32)
+    with pytest.raises(ValueError, match=r"task mytask .*keeps no record of <store>"):
+        TaskSource.filtered(only_shapes, store)
+
+
+def test_where_values_must_be_scalars_or_lists(tmp_path):
+    with pytest.raises(TaskSpecError, match="where"):
+        load_task(write(tmp_path, GOOD + "where: {question_type: {nested: 1}}\n"), formats=FORMATS)
+
+
+def parse_spec(body: str):
+    from unitok.tasks.spec import parse_task
+
+    import yaml
+
+    return parse_task(yaml.safe_load(textwrap.dedent(body)), source="<mytask>", formats=FORMATS)

@@ -180,8 +180,8 @@ def train(run: RunConfig, out: str | Path, *, steps: int | None = None, resume: 
     train_stores = open_stores(run, tasks, "train")
     tasks = with_resolved_choices(tasks, train_stores)
     model_cfg = run.model_settings()
-    sources = [TaskSource(ExampleBuilder.for_model(spec, codec, model_cfg, meta=train_stores[name].meta),
-                          train_stores[name]) for name, spec in tasks.items()]
+    sources = [TaskSource.filtered(ExampleBuilder.for_model(spec, codec, model_cfg, meta=train_stores[name].meta),
+                                   train_stores[name]) for name, spec in tasks.items()]
     eval_stores = open_stores(run, tasks, "eval")
     n_eval = eval_examples or run.train.eval_examples
 

@@ -27,12 +27,23 @@ class ExampleError(ValueError):
     """A record lacks a field the task needs, or a prompt is too long."""
 
 
+def path_parts(path: str) -> list[str]:
+    """``captions[0].text`` and ``captions.0.text`` both walk: captions, 0, text."""
+    return path.replace("[", ".").replace("]", "").split(".")
+
+
 def resolve(path: str, record: dict, item: Any = None) -> Any:
-    """Look ``path`` up in the ``each`` item first, then in the record; dots walk nested dicts."""
+    """Look ``path`` up in the ``each`` item first, then in the record. Dots walk nested dicts, and an
+    integer part (``captions.0``, ``captions[0]``, ``captions[-1]``) indexes a list."""
     for scope in ((item, record) if isinstance(item, dict) else (record,)):
         value = scope
-        for part in path.split("."):
-            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        for part in path_parts(path):
+            if isinstance(value, dict):
+                value = value.get(part, _MISSING)
+            elif isinstance(value, (list, tuple)) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+                value = value[int(part)]
+            else:
+                value = _MISSING
             if value is _MISSING:
                 break
         if value is not _MISSING:
@@ -40,6 +51,20 @@ def resolve(path: str, record: dict, item: Any = None) -> Any:
     if path == "item" and item is not None:
         return item
     raise KeyError(path)
+
+
+def matches(where: dict[str, Any] | None, record: dict, item: Any = None) -> bool:
+    """The spec's ``where`` filter: every field path has the given value (or one of a list of values);
+    a missing field does not match. Values compare as they are or as text (``2`` matches ``"2"``)."""
+    for path, want in (where or {}).items():
+        try:
+            value = resolve(path, record, item)
+        except KeyError:
+            return False
+        options = want if isinstance(want, list) else [want]
+        if not any(value == w or str(value) == str(w) for w in options):
+            return False
+    return True
 
 
 @dataclass
@@ -78,14 +103,16 @@ class ExampleBuilder:
         return FormatContext(self.codec, self.spec.target, width, height, self.meta, max_tokens=budget)
 
     def items(self, record: dict) -> list[Any]:
-        """The ``each`` items of a record (a one-element list when the task has no ``each``)."""
+        """The ``each`` items of a record (a one-element list when the task has no ``each``) that pass the
+        spec's ``where`` filter: empty when none does."""
         if self.spec.each is None:
-            return [None]
-        try:
-            items = resolve(self.spec.each, record)
-        except KeyError:
-            raise ExampleError(f"task {self.spec.name}: record {record.get('id')!r} has no field {self.spec.each!r} (each)") from None
-        return list(items)
+            items = [None]
+        else:
+            try:
+                items = list(resolve(self.spec.each, record))
+            except KeyError:
+                raise ExampleError(f"task {self.spec.name}: record {record.get('id')!r} has no field {self.spec.each!r} (each)") from None
+        return [it for it in items if matches(self.spec.where, record, it)] if self.spec.where else items
 
     def _field(self, path: str, record: dict, item: Any, what: str) -> Any:
         try:

@@ -84,6 +84,9 @@ class TaskSpec(_Strict):
     data: str  # dataset name; its stores live at <data root>/<data>/<split>
     splits: Splits = Splits()
     each: str | None = None  # expand one record into one example per item of this list field
+    # keep only the examples whose fields have these values: {question_type: count} or {category: [a, b]};
+    # paths as everywhere (item first, then record; captions.0 indexes a list)
+    where: dict[str, str | int | float | bool | list[str | int | float | bool]] | None = None
     prompt: list[str] = Field(min_length=1)  # variants sampled in training; the first is used at evaluation
     inputs: Inputs = Inputs()
     target: Target

@@ -20,6 +20,25 @@ from ..tasks.examples import Example, ExampleBuilder
 class TaskSource:
     builder: ExampleBuilder
     store: RecordStore
+    indices: list[int] | None = None  # the records the spec's ``where`` keeps (None: every record)
+
+    def __len__(self) -> int:
+        return len(self.store) if self.indices is None else len(self.indices)
+
+    def record(self, i: int) -> dict:
+        return self.store[i if self.indices is None else self.indices[i]]
+
+    @classmethod
+    def filtered(cls, builder: ExampleBuilder, store: RecordStore) -> "TaskSource":
+        """A source over the records with at least one example passing the spec's ``where`` (a scan of
+        the store, once); a filter that keeps nothing is an error naming the task and the store."""
+        if not builder.spec.where:
+            return cls(builder, store)
+        keep = [i for i in range(len(store)) if builder.items(store[i])]
+        if not keep:
+            raise ValueError(f"task {builder.spec.name} ({builder.spec.source}): where {builder.spec.where} keeps "
+                             f"no record of {store.path}")
+        return cls(builder, store, keep)
 
 
 class MixtureDataset(Dataset):
@@ -27,13 +46,13 @@ class MixtureDataset(Dataset):
         self.sources = sources
 
     def __len__(self) -> int:  # nominal; the sampler is infinite
-        return sum(len(s.store) for s in self.sources)
+        return sum(len(s) for s in self.sources)
 
     def __getitem__(self, index: tuple[int, int, int]) -> Example:
         task, record_index, seed = index
         source = self.sources[task]
         rng = np.random.default_rng(seed)
-        record = source.store[record_index]
+        record = source.record(record_index)
         items = source.builder.items(record)
         item = items[int(rng.integers(len(items)))] if items else None
         return source.builder.build(record, item, rng=rng)

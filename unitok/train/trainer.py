@@ -188,7 +188,7 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         probs = mixture_probs([self.tasks[s.builder.spec.name].weight for s in self.sources], self.run.tasks.temperature)
-        sampler = MixtureSampler([len(s.store) for s in self.sources], probs, self.cfg.batch_size,
+        sampler = MixtureSampler([len(s) for s in self.sources], probs, self.cfg.batch_size,
                                  seed=self.cfg.seed, rank=self.rank, start_batch=self.step * self.cfg.accumulate)
         workers = self.cfg.num_workers
         return DataLoader(MixtureDataset(self.sources), batch_sampler=sampler, collate_fn=collate,

@@ -83,3 +83,21 @@ def test_sigkill_mid_run_then_resume_continues_exactly(micro_world, tmp_path):
         ta = load_file(str(ref / "checkpoint" / "trainer.safetensors"))
         tb = load_file(str(killed / "checkpoint" / "trainer.safetensors"))
         assert torch.equal(ta[name], tb[name])
+
+
+def test_extending_a_finished_run_keeps_its_schedule(micro_world, tmp_path):
+    """A larger --steps on a finished run must not reshape the cosine (a warm restart): the schedule
+    stays the run's first, and the extra steps train at its final learning rate."""
+    from unitok import recipes
+    from unitok.config import load_config
+
+    overrides = nano(micro_world, **{"train.steps": 10, "train.log_every": 1, "train.save_every": 5, "train.lr": 1e-3,
+                                     "train.min_lr_ratio": 0.1})
+    run = load_config(REPO / "configs" / "tiny.yaml", overrides)
+    recipes.train(run, tmp_path, eval_examples=1)
+    first = {int(r["step"]): float(r["lr"]) for r in csv.DictReader((tmp_path / "log.csv").open())}
+    recipes.train(run, tmp_path, steps=14, eval_examples=1)
+    lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader((tmp_path / "log.csv").open())}
+    assert {s: lrs[s] for s in first} == first  # the first 10 steps are untouched
+    assert [lrs[s] for s in range(11, 15)] == pytest.approx([1e-4] * 4)  # then the floor, not a new warmup
+    assert json.loads((tmp_path / "checkpoint" / "trainer.json").read_text())["schedule_steps"] == 10

@@ -49,7 +49,8 @@ class Checkpoint:
     tasks: dict[str, TaskSpec]
     run: RunConfig | None
     path: Path
-    trainer_state: dict = field(default_factory=dict)  # {"step": int, "optimizer": state_dict, "rng": tensor}
+    # {"step": int, "optimizer": state_dict, "rng": tensor, "schedule_steps": the lr schedule's length}
+    trainer_state: dict = field(default_factory=dict)
 
 
 COMPLETE = ".complete"  # written last into a checkpoint directory before it is published
@@ -169,7 +170,8 @@ def save_checkpoint(path: str | Path, model: UniTokModel, codec: Codec, tasks: d
             tensors, meta = _optimizer_tensors(trainer_state["optimizer"])
             tensors["rng.torch"] = trainer_state["rng"]
             save_file(tensors, str(tmp / "trainer.safetensors"))
-            (tmp / "trainer.json").write_text(json.dumps({"step": trainer_state["step"], "optimizer": meta}))
+            extra = {k: trainer_state[k] for k in ("schedule_steps",) if k in trainer_state}
+            (tmp / "trainer.json").write_text(json.dumps({"step": trainer_state["step"], "optimizer": meta, **extra}))
 
     _atomic_dir(path, write)
     return path
@@ -224,6 +226,9 @@ def load_checkpoint(path: str | Path, *, expect_vocab: Vocabulary | None = None,
         tensors = _load_tensors(path / "trainer.safetensors", finite=False)
         trainer_state = {"step": meta["step"], "optimizer": _optimizer_state(tensors, meta["optimizer"]),
                          "rng": tensors["rng.torch"]}
+        schedule = meta.get("schedule_steps", run.train.steps if run else None)  # older checkpoints: the run's steps
+        if schedule:
+            trainer_state["schedule_steps"] = int(schedule)
     return Checkpoint(model, codec, tasks, run, path, trainer_state)
 
 

@@ -121,6 +121,7 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.ckpt_dir = self.out / "checkpoint"
         self.step = 0
+        self.schedule_steps: int | None = None  # the lr schedule's length, fixed when the run starts
 
         model_cfg = model_config_for(run, codec)
         torch.manual_seed(self.cfg.seed)
@@ -182,6 +183,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.trainer_state["optimizer"])
         torch.set_rng_state(ckpt.trainer_state["rng"])
         self.step = ckpt.trainer_state["step"]
+        self.schedule_steps = ckpt.trainer_state.get("schedule_steps")
         if self.rank == 0:
             self._truncate_log(self.step)
         log.info("resumed from %s at step %d", self.ckpt_dir, self.step)
@@ -241,6 +243,13 @@ class Trainer:
     def fit(self, steps: int | None = None) -> dict:
         """Train to ``steps`` (default: the config's), saving and evaluating on the way."""
         total = steps or self.cfg.steps
+        if self.schedule_steps is None:
+            self.schedule_steps = total
+        elif total != self.schedule_steps and self.step < total:
+            # Re-shaping the cosine mid-run would be a warm restart: the schedule stays the one the run
+            # started with, and steps past its end train at its final learning rate.
+            log.warning("this run's schedule is %d steps; training to %d keeps it (lr stays at its floor after step %d)",
+                        self.schedule_steps, total, self.schedule_steps)
         if self.step >= total:
             return self.evaluate() if self.evaluate_fn else {}
         loader = iter(self._loader())
@@ -248,7 +257,8 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, disable=self.rank != 0 or None, desc="train", dynamic_ncols=True)
         window_loss, window_tasks, window_examples, t0 = [], defaultdict(list), 0, time.perf_counter()
         while self.step < total:
-            lr = lr_at(self.step, base=self.cfg.lr, warmup=self.cfg.warmup, total=total, min_ratio=self.cfg.min_lr_ratio)
+            lr = lr_at(self.step, base=self.cfg.lr, warmup=self.cfg.warmup, total=self.schedule_steps,
+                       min_ratio=self.cfg.min_lr_ratio)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             self.optimizer.zero_grad(set_to_none=True)
@@ -283,7 +293,8 @@ class Trainer:
     # ------------------------------------------------------------------ io
     def save(self) -> None:
         if self.rank == 0:
-            state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
+                     "schedule_steps": self.schedule_steps}
             # always float32: resume must be exact (release copies in bf16: `unitok export --dtype bfloat16`)
             save_checkpoint(self.ckpt_dir, self.model, self.codec, self.tasks, self.run, trainer_state=state)
         if self.world > 1:

@@ -28,7 +28,6 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from safetensors.torch import load_file, save_file
-from vector_quantize_pytorch import FSQ, VectorQuantize
 
 FORMAT_VERSION = 1
 MAP_KINDS = ("segmentation", "mask", "depth")
@@ -241,6 +240,10 @@ class Quantizer(nn.Module):
 
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
+        # imported here: vector-quantize-pytorch (through einx) costs seconds to import, and most commands
+        # (tasks list, data, eval of text tasks) never build a quantizer
+        from vector_quantize_pytorch import FSQ, VectorQuantize
+
         self.kind = cfg.quantizer
         if cfg.quantizer == "fsq":
             self.vq = FSQ(levels=list(cfg.fsq_levels), dim=cfg.latent_dim)

@@ -16,7 +16,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 MICRO = {
     "model.d_model": 128, "model.enc_layers": 2, "model.dec_layers": 2, "model.n_heads": 4,
     "train.lr": 2e-3, "train.warmup": 30, "train.batch_size": 32, "train.save_every": 100,
-    "train.log_every": 25, "train.num_workers": 2, "train.eval_examples": 100,
+    "train.log_every": 25, "train.num_workers": 2, "train.eval_examples": 100, "train.eval_every": 0,
     "data.world.train": 1000, "data.world.val": 100,
 }
 

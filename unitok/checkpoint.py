@@ -93,9 +93,10 @@ def recover_dir(path: str | Path) -> Path | None:
     siblings = [p for p in path.parent.glob(f".{path.name}.tmp-*")] + [p for p in path.parent.glob(f".{path.name}.old-*")]
     restored = None
     if not path.exists():
-        # a finished temporary is newer than any old copy; among several, the furthest step
-        complete = [p for p in siblings if (p / COMPLETE).exists() or ".old-" in p.name and (p / "model.safetensors").exists()]
-        complete.sort(key=lambda p: (".tmp-" in p.name and (p / COMPLETE).exists(), _step_of(p), p.stat().st_mtime))
+        # usable: a finished temporary, or an old copy (it was published once); a finished temporary
+        # is newer than any old copy, and among several the furthest step wins
+        complete = sorted((p for p in siblings if (p / (COMPLETE if ".tmp-" in p.name else "model.safetensors")).exists()),
+                          key=lambda p: (".tmp-" in p.name, _step_of(p)))
         if complete:
             restored = complete[-1]
             os.replace(restored, path)

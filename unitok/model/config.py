@@ -4,6 +4,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 
+# annotation -> (accepted types, what the error says); bool is an int in Python, so it is refused for int/float
+_SCALARS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "bool": ((bool,), "a boolean"),
+            "str": ((str,), "a string")}
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 0  # set from the vocabulary when the model is built
@@ -16,8 +21,8 @@ class ModelConfig:
     patch_size: int = 8
     patch_stem: str = "conv"  # "linear": one p x p conv (plain ViT); "conv": stride-2 conv stack (early
     #                           convolutions); "deep": conv stages with stride-1 convs and GroupNorm
-    init: str = "fan_in"  # "fan_in": every weight matrix and embedding at std 1/sqrt(fan-in); "gpt2": std 0.02
-    #                      (both scale residual output projections by 1/sqrt(2 * layers))
+    init: str = "fan_in"  # "fan_in": every weight matrix and embedding at std 1/sqrt(fan-in); "gpt2": std 0.02,
+    #                      residual output projections also scaled by 1/sqrt(2 * layers)
     bow_head: bool = False  # a bag-of-target-tokens head on the pooled encoder output (train.bow_weight)
     max_images: int = 4  # image slots in the encoder (a second image, video frames)
     max_prompt_len: int = 64  # text positions in the encoder
@@ -41,14 +46,11 @@ class ModelConfig:
         return (self.image_size // self.patch_size) ** 2
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value, kind = getattr(self, f.name), f.type
-            if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"model.{f.name} must be an integer, got {value!r}")
-            if kind == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise ValueError(f"model.{f.name} must be a number, got {value!r}")
-            if kind in ("bool", "str") and not isinstance(value, {"bool": bool, "str": str}[kind]):
-                raise ValueError(f"model.{f.name} must be a {'boolean' if kind == 'bool' else 'string'}, got {value!r}")
+        for f in fields(self):  # config values arrive untyped from YAML and --set
+            types, what = _SCALARS.get(f.type, (None, ""))
+            value = getattr(self, f.name)
+            if types and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+                raise ValueError(f"model.{f.name} must be {what}, got {value!r}")
         if tuple(self.experts) != ("text", "vision"):
             # The encoder routes patches to expert 1 and prompt tokens to expert 0 (TEXT_EXPERT, VISION_EXPERT)
             raise ValueError(f"model.experts must be ['text', 'vision'] (in that order), got {list(self.experts)}")

@@ -128,8 +128,8 @@ class UniTokModel(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Every weight matrix and embedding at std 1/sqrt(fan-in) (``init: fan_in``) or 0.02 (``init: gpt2``);
-        residual output projections further scaled by 1/sqrt(2 * layers) (GPT-2).
+        """Every weight matrix and embedding at std 1/sqrt(fan-in) (``init: fan_in``), or at 0.02 with the
+        residual output projections further scaled by 1/sqrt(2 * layers) (``init: gpt2``, GPT-2's).
 
         0.02 is GPT-2's constant, chosen for d_model 768, where it is close to 1/sqrt(d). At the widths
         this engine trains on CPUs (128-256) it makes every token embedding, the decoder's start state and

@@ -245,7 +245,7 @@ class Trainer:
         total = steps or self.cfg.steps
         if self.schedule_steps is None:
             self.schedule_steps = total
-        elif total != self.schedule_steps and self.step < total:
+        elif total > self.schedule_steps and self.step < total:
             # Re-shaping the cosine mid-run would be a warm restart: the schedule stays the one the run
             # started with, and steps past its end train at its final learning rate.
             log.warning("this run's schedule is %d steps; training to %d keeps it (lr stays at its floor after step %d)",

@@ -107,3 +107,31 @@ def test_masked_patches_do_not_leak_their_content():
     with torch.no_grad():
         torch.testing.assert_close(m(p, pm, t, im, imm, patch_mask), m(p, pm, t, im2, imm, patch_mask))
         assert not torch.allclose(m(p, pm, t, im, imm), m(p, pm, t, im2, imm))
+
+
+def test_region_marks_cover_exactly_the_patches_under_each_prompt_box():
+    # coordinate bins are ids 200..232 (33 bins: bin b is at b/32 of the image); 4x4 grid of 8-px patches
+    m = make(region_marks=True, coord_range=(200, 233)).eval()
+    # box 1: x 0..8 px, y 8..24 px -> column 0, rows 1-2; box 2: x 16..32, y 0..8 -> columns 2-3, row 0
+    prompt = torch.tensor([[5, 200, 208, 208, 224, 6, 216, 200, 232, 208], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]])
+    mask = torch.ones_like(prompt, dtype=torch.bool)
+    marks = m.region_marks(prompt, mask)[:, 0].detach()  # (B, 16, D)
+    first, second = m.region_embed.weight[0].detach(), m.region_embed.weight[1].detach()
+    grid = marks[0].view(4, 4, -1)
+    for r in range(4):
+        for c in range(4):
+            want = (first if c == 0 and r in (1, 2) else 0) + (second if c >= 2 and r == 0 else 0)
+            torch.testing.assert_close(grid[r, c], torch.zeros_like(first) + want, msg=f"patch row {r} col {c}")
+    assert not marks[1].any()  # a prompt with no box marks nothing
+    # padding is not read as a box, and the mark changes the encoder's output only for prompts with a box
+    mask[0, 1:5] = False
+    assert not m.region_marks(prompt, mask)[0, 0].view(4, 4, -1)[1:3, 0].any()
+    images = torch.randn(2, 1, 3, 32, 32)
+    with torch.no_grad():
+        off = make(coord_range=(200, 233)).eval()
+        off.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("region_embed")})
+        full = torch.ones_like(prompt, dtype=torch.bool)
+        with_marks, _ = m.encode(prompt, full, images)
+        without, _ = off.encode(prompt, full, images)
+    assert not torch.allclose(with_marks[0], without[0])
+    torch.testing.assert_close(with_marks[1], without[1])

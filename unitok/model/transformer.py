@@ -23,6 +23,7 @@ STEP_COMPILE_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "alignment_a
                         "scalar_asserts": False}
 
 TEXT_EXPERT, VISION_EXPERT = 0, 1
+MAX_REGION_MARKS = 4  # boxes of one prompt that get their own mark; later boxes share the last
 
 
 def sincos_1d(n: int, dim: int) -> torch.Tensor:
@@ -110,6 +111,8 @@ class UniTokModel(nn.Module):
         self.patch_pos = nn.Parameter(torch.zeros(1, cfg.num_patches, d))
         self.slot_embed = nn.Embedding(cfg.max_images, d)
         self.mask_embed = nn.Parameter(torch.zeros(1, 1, 1, d))  # stands in for hidden patches (BEiT)
+        # one learned mark per box of the prompt, added to the first image's patches under that box
+        self.region_embed = nn.Embedding(MAX_REGION_MARKS, d) if cfg.region_marks and cfg.coord_range else None
         self.prompt_pos = nn.Embedding(cfg.max_prompt_len, d)
         self.target_pos = nn.Embedding(cfg.max_target_len, d)
         n_shared = cfg.shared_expert_layers if cfg.multiway else 0
@@ -150,6 +153,8 @@ class UniTokModel(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.patch_pos, std=0.02)  # a learned residual on the fixed sin-cos code
+        if self.region_embed is not None:  # at the scale of the (normalised) patch features it marks
+            nn.init.normal_(self.region_embed.weight, std=1.0)
         if cfg.coord_range:
             start, end = cfg.coord_range
             with torch.no_grad():  # ordinal prior: 1-D sin-cos code of the bin, at the embedding's scale
@@ -191,6 +196,8 @@ class UniTokModel(nn.Module):
                 images = images.masked_fill(pixel_mask.reshape(b, n, 1, cfg.image_size, cfg.image_size), 0.0)
             x = self.patch_embed(rearrange(images, "b n c h w -> (b n) c h w"))  # (B*N, D, h, w)
             x = rearrange(x, "(b n) d h w -> b n (h w) d", b=b)
+            if self.region_embed is not None:
+                x = torch.cat([x[:, :1] + self.region_marks(prompt, prompt_mask).to(x.dtype), x[:, 1:]], 1)
             if patch_mask is not None:
                 x = torch.where(patch_mask[..., None], self.mask_embed.to(x.dtype), x)
             x = x + (self.patch_sincos + self.patch_pos).unsqueeze(1)
@@ -206,6 +213,35 @@ class UniTokModel(nn.Module):
         for block in self.encoder:
             x = block(x, attn_mask, expert_ids)
         return self.enc_norm(x), mask
+
+    def region_marks(self, prompt: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, P, D): for each box of the prompt (four coordinate tokens x0 y0 x1 y1, in order), its
+        learned mark added to every patch the box overlaps; zero where the prompt names no box.
+
+        A box given as coordinate tokens must otherwise be bound to the patches it covers by attention
+        alone: the tokens' codes and the patches' position code are unrelated, and at CPU scale that
+        binding is not learned within the budget (region classification stays at chance while shape
+        on single-object scenes is learned). The mark states the box on the patches themselves, as
+        SAM's dense prompts and visual-prompt tuning do; the coordinate tokens stay in the prompt."""
+        cfg = self.cfg
+        start, end = cfg.coord_range
+        bins, g = end - start, cfg.image_size // cfg.patch_size
+        b = prompt.shape[0]
+        out = torch.zeros(b, 1, g, g, cfg.d_model, device=prompt.device)
+        is_coord = (prompt >= start) & (prompt < end) & prompt_mask
+        cells = torch.arange(g, device=prompt.device, dtype=torch.float32)
+        for row in torch.nonzero(is_coord.sum(1) >= 4).flatten().tolist():
+            values = (prompt[row][is_coord[row]] - start).float() * (g / (bins - 1))  # grid units
+            for k in range(values.numel() // 4):
+                x0, y0, x1, y1 = values[4 * k:4 * k + 4]
+                x0, x1 = torch.minimum(x0, x1), torch.maximum(x0, x1)
+                y0, y1 = torch.minimum(y0, y1), torch.maximum(y0, y1)
+                # patch c spans [c, c + 1): marked if the box overlaps it (a degenerate box marks its cell)
+                cols = (cells + 1 > x0) & (cells < torch.maximum(x1, x0 + 1e-3))
+                rows = (cells + 1 > y0) & (cells < torch.maximum(y1, y0 + 1e-3))
+                inside = (rows[:, None] & cols[None, :]).float()[..., None]
+                out[row, 0] += inside * self.region_embed.weight[min(k, MAX_REGION_MARKS - 1)]
+        return out.flatten(2, 3)
 
     def pooled_logits(self, memory: torch.Tensor, memory_mask: torch.Tensor, n_image_tokens: int = 0) -> torch.Tensor:
         """(B, V) logits of the bag-of-target-tokens objective: a linear head on the mean of the valid

@@ -169,9 +169,15 @@ def test_output_width_covers_the_grammars_and_matches_the_full_head(codec, tasks
         with pytest.raises(ValueError, match="output width 0"):
             model.decode_step(target[:, 0], narrow, memory_mask, width=0)
 
+def boxes_model(codec: Codec, seed: int = 0) -> UniTokModel:
+    """A model with both box options on: region marks in the encoder, the box readout in the decoder."""
+    return make_model(codec, seed, coord_range=codec.vocab.range("coords"), region_marks=True, box_readout=True)
+
+
+@pytest.mark.parametrize("boxes", [False, True])
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
-def test_cached_equals_uncached(codec, tasks, strategy):
-    predictor = Predictor(make_model(codec), codec, tasks)
+def test_cached_equals_uncached(codec, tasks, strategy, boxes):
+    predictor = Predictor(boxes_model(codec) if boxes else make_model(codec), codec, tasks)
     examples = examples_for(tasks, seed=2)
     kw = {"strategy": strategy, "beam_size": 3 if strategy == "beam" else 1}
     cached = predictor.predict(examples, **kw)
@@ -182,13 +188,13 @@ def test_cached_equals_uncached(codec, tasks, strategy):
 @pytest.mark.slow
 def test_compiled_step_matches_eager(codec, tasks):
     """torch.compile of the decoding step (fused greedy, and the plain step beam search uses)."""
-    model = make_model(codec, 12)
     examples = examples_for(tasks, seed=12, per_task=2)
-    eager, compiled = Predictor(model, codec, tasks), Predictor(model, codec, tasks, compile=True)
-    for kw in ({}, {"strategy": "beam", "beam_size": 2}):
-        assert [p.tokens for p in compiled.predict(examples, **kw)] == [p.tokens for p in eager.predict(examples, **kw)]
-    one = examples[:1]  # one row: the step's projections become fused reductions
-    assert compiled.predict(one)[0].tokens == eager.predict(one)[0].tokens
+    for model in (make_model(codec, 12), boxes_model(codec, 12)):
+        eager, compiled = Predictor(model, codec, tasks), Predictor(model, codec, tasks, compile=True)
+        for kw in ({}, {"strategy": "beam", "beam_size": 2}):
+            assert [p.tokens for p in compiled.predict(examples, **kw)] == [p.tokens for p in eager.predict(examples, **kw)]
+        one = examples[:1]  # one row: the step's projections become fused reductions
+        assert compiled.predict(one)[0].tokens == eager.predict(one)[0].tokens
 
 
 # -- every output parses -----------------------------------------------------------------------------------------

@@ -135,3 +135,35 @@ def test_region_marks_cover_exactly_the_patches_under_each_prompt_box():
         without, _ = off.encode(prompt, full, images)
     assert not torch.allclose(with_marks[0], without[0])
     torch.testing.assert_close(with_marks[1], without[1])
+
+
+def test_box_readout_reads_the_patches_under_each_written_box_in_every_decoding_path():
+    m = make(box_readout=True, coord_range=(200, 233)).eval()
+    p, pm, _, im, imm = inputs()
+    imm = torch.ones_like(imm)
+    # bos, box (8..16 px, 0..8 px), label, box (0..32, 24..32), label, text: runs of 4 coordinates end at 4 and 9
+    target_in = torch.tensor([[1, 208, 200, 216, 208, 7, 200, 224, 232, 232, 8, 9]] * 3)
+    with torch.no_grad():
+        memory, mask = m.encode(p, pm, im, imm)
+        reads = m._readouts_of(target_in, memory, mask)
+        assert reads[:, [4, 9]].abs().sum(-1).gt(0).all()
+        assert not reads[:, [0, 1, 2, 3, 5, 6, 7, 8, 10, 11]].any()
+        # position 4 reads patch (row 0, column 1) alone: its encoded feature, projected
+        torch.testing.assert_close(reads[:, 4], m.box_readout(memory[:, 1]))
+        # position 9: the bottom row of the 4x4 grid, averaged
+        torch.testing.assert_close(reads[:, 9], m.box_readout(memory[:, 12:16].mean(1)))
+        full = m(p, pm, target_in, im, imm)
+        off = make(coord_range=(200, 233)).eval()
+        off.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("box_readout")})
+        plain = off(p, pm, target_in, im, imm)
+        torch.testing.assert_close(full[:, :4], plain[:, :4])  # nothing changes before the first box ends
+        assert not torch.allclose(full[:, 4], plain[:, 4])
+        caches = m.start_caches(memory, 16, mask, n_image_tokens=2 * 16)
+        stepwise = torch.stack([m.decode_step(target_in[:, i], caches, mask) for i in range(target_in.shape[1])], 1)
+        torch.testing.assert_close(stepwise, full, atol=1e-4, rtol=1e-4)
+        # beam search keeps the per-row window in step with the rows it keeps
+        caches = m.start_caches(memory, 16, mask, n_image_tokens=2 * 16)
+        for i in range(3):
+            m.decode_step(target_in[:, i], caches, mask)
+        caches[0].reorder(torch.tensor([2, 0, 1]))
+        assert caches[0].rows["window"].shape == (3, 4) and caches[0].rows["patches"].shape[0] == 3

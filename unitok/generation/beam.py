@@ -16,7 +16,7 @@ import torch
 from ..modalities.vocab import EOS
 from ..model.transformer import UniTokModel
 from .constraints import Constraint
-from .decode import Decoder, EncoderInputs, Generated, _as_rows, autocast_for, encode
+from .decode import Decoder, EncoderInputs, Generated, _as_rows, autocast_for, encode, image_tokens
 from .options import DecodingOptions, RowSettings
 
 
@@ -45,7 +45,7 @@ def beam_search(model: UniTokModel, inputs: EncoderInputs, constraint: Constrain
     with autocast_for(device, bf16):
         memory, memory_mask = encode(model, inputs)  # once per example, shared by its beams
         step = Decoder(model, expand(memory), expand(memory_mask), horizon, use_cache=use_cache, compiled=compiled,
-                       width=constraint.width(grammar_index))
+                       width=constraint.width(grammar_index), n_image_tokens=image_tokens(model, inputs))
         states = expand(constraint.start_states(grammar_index))
         score = torch.full((b, K), float("-inf"), device=device)
         score[:, 0] = 0.0  # the beams start as copies of one hypothesis: only the first may expand

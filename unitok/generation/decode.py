@@ -68,6 +68,11 @@ def encode(model: UniTokModel, inputs: EncoderInputs) -> tuple[torch.Tensor, tor
     return model.encode(inputs.prompt, inputs.prompt_mask, inputs.images, inputs.image_mask, inputs.patch_mask)
 
 
+def image_tokens(model: UniTokModel, inputs: EncoderInputs) -> int:
+    """How many of the encoder output's first positions are image patches."""
+    return 0 if inputs.images is None else inputs.images.shape[1] * model.cfg.num_patches
+
+
 def _cat_memory(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]):
     """Stack two encoder outputs of different lengths along the batch, padding keys masked out."""
     (ma, ka), (mb, kb) = a, b
@@ -84,14 +89,15 @@ class Decoder:
     decoding passes ``Constraint.width``, the ids its grammars can emit."""
 
     def __init__(self, model: UniTokModel, memory: torch.Tensor, memory_mask: torch.Tensor, horizon: int, *,
-                 use_cache: bool = True, compiled: bool = False, width: int | None = None):
+                 use_cache: bool = True, compiled: bool = False, width: int | None = None, n_image_tokens: int = 0):
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
+        self.n_image_tokens = n_image_tokens
         self.use_cache, self.compiled = use_cache, compiled
         self.width = model.cfg.vocab_size if width is None else width
         b = memory.shape[0]
         # One spare position: a step that filled the whole buffer would slice all of it, a case a
         # compiled step specialises (a third graph to compile for the last position).
-        self.caches = model.start_caches(memory, horizon + 1) if use_cache else None
+        self.caches = model.start_caches(memory, horizon + 1, memory_mask, n_image_tokens) if use_cache else None
         self.seq = torch.full((b, 1), BOS, dtype=torch.long, device=memory.device)
         self._checked: set = set()  # compiled functions whose guards this generation has passed once
 
@@ -103,7 +109,8 @@ class Decoder:
         """tokens: (B,) the tokens chosen at the previous step (None at the first). Returns (B, width) float."""
         self._feed(tokens)
         if not self.use_cache:
-            return self.model.decode(self.seq, self.memory, self.memory_mask)[:, -1, :self.width].float()
+            return self.model.decode(self.seq, self.memory, self.memory_mask,
+                                     n_image_tokens=self.n_image_tokens)[:, -1, :self.width].float()
         if not self.compiled:
             return self.model.decode_step(self.seq[:, -1], self.caches, self.memory_mask, width=self.width).float()
         args = self.model.step_inputs(self.seq[:, -1], self.caches, self.memory_mask, self.width)
@@ -195,7 +202,7 @@ def generate(model: UniTokModel, inputs: EncoderInputs, constraint: Constraint, 
         if guided.numel():
             memory = _cat_memory(memory, encode(model, inputs.rows(guided).unconditional()))
         step = Decoder(model, *memory, horizon, use_cache=use_cache, compiled=compiled,
-                       width=constraint.width(grammar_index))
+                       width=constraint.width(grammar_index), n_image_tokens=image_tokens(model, inputs))
         states = constraint.start_states(grammar_index)
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         if use_cache and compiled and not guided.numel() and not bool(rows.sample.any()):

@@ -13,7 +13,7 @@ import torch
 
 from ..modalities.vocab import BOS, EOS, PAD
 from ..model.transformer import UniTokModel
-from .decode import EncoderInputs, autocast_for, encode
+from .decode import EncoderInputs, autocast_for, encode, image_tokens
 
 
 @torch.inference_mode()
@@ -42,7 +42,8 @@ def score_candidates(model: UniTokModel, inputs: EncoderInputs, candidates: Sequ
             for r, c in enumerate(chunk):
                 target[r, :len(c)] = torch.tensor(c, device=device)
             target_in = torch.cat([torch.full_like(target[:, :1], BOS), target[:, :-1]], 1)
-            logits = model.decode(target_in, memory[idx], memory_mask[idx]).float()
+            logits = model.decode(target_in, memory[idx], memory_mask[idx],
+                                  n_image_tokens=image_tokens(model, inputs)).float()
             logp = torch.log_softmax(logits, -1).gather(2, target[:, :, None])[:, :, 0]
             lengths = torch.tensor([len(c) for c in chunk], device=device)
             valid = torch.arange(t, device=device)[None, :] < lengths[:, None]

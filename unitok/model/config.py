@@ -24,6 +24,7 @@ class ModelConfig:
     init: str = "fan_in"  # "fan_in": every weight matrix and embedding at std 1/sqrt(fan-in); "gpt2": std 0.02,
     #                      residual output projections also scaled by 1/sqrt(2 * layers)
     region_marks: bool = False  # patches inside a box given in the prompt get a learned mark (see UniTokModel)
+    box_readout: bool = False  # decoder: a box's last coordinate brings in the mean of the patches it covers
     bow_head: bool = False  # a bag-of-target-tokens head on the pooled encoder output (train.bow_weight)
     max_images: int = 4  # image slots in the encoder (a second image, video frames)
     max_prompt_len: int = 64  # text positions in the encoder

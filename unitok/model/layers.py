@@ -52,6 +52,7 @@ class KVCache:
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0
         self.cross: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.rows: dict[str, torch.Tensor] = {}  # other per-row decoding state (``UniTokModel`` box readout)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
@@ -68,6 +69,7 @@ class KVCache:
         self.v = self.v.index_select(0, index)
         if cross and self.cross is not None:
             self.cross = (self.cross[0].index_select(0, index), self.cross[1].index_select(0, index))
+        self.rows = {k: v.index_select(0, index) for k, v in self.rows.items()}
 
 
 class Attention(nn.Module):

@@ -113,6 +113,8 @@ class UniTokModel(nn.Module):
         self.mask_embed = nn.Parameter(torch.zeros(1, 1, 1, d))  # stands in for hidden patches (BEiT)
         # one learned mark per box of the prompt, added to the first image's patches under that box
         self.region_embed = nn.Embedding(MAX_REGION_MARKS, d) if cfg.region_marks and cfg.coord_range else None
+        # decoder: the mean of the first image's encoded patches under the box just written, projected
+        self.box_readout = nn.Linear(d, d, bias=False) if cfg.box_readout and cfg.coord_range else None
         self.prompt_pos = nn.Embedding(cfg.max_prompt_len, d)
         self.target_pos = nn.Embedding(cfg.max_target_len, d)
         n_shared = cfg.shared_expert_layers if cfg.multiway else 0
@@ -155,6 +157,8 @@ class UniTokModel(nn.Module):
         nn.init.normal_(self.patch_pos, std=0.02)  # a learned residual on the fixed sin-cos code
         if self.region_embed is not None:  # at the scale of the (normalised) patch features it marks
             nn.init.normal_(self.region_embed.weight, std=1.0)
+        if self.box_readout is not None:  # its input is unit-scale per channel: out at the embeddings' scale
+            nn.init.normal_(self.box_readout.weight, std=1.0 / cfg.d_model)
         if cfg.coord_range:
             start, end = cfg.coord_range
             with torch.no_grad():  # ordinal prior: 1-D sin-cos code of the bin, at the embedding's scale
@@ -223,25 +227,48 @@ class UniTokModel(nn.Module):
         binding is not learned within the budget (region classification stays at chance while shape
         on single-object scenes is learned). The mark states the box on the patches themselves, as
         SAM's dense prompts and visual-prompt tuning do; the coordinate tokens stay in the prompt."""
-        cfg = self.cfg
-        start, end = cfg.coord_range
-        bins, g = end - start, cfg.image_size // cfg.patch_size
-        b = prompt.shape[0]
-        out = torch.zeros(b, 1, g, g, cfg.d_model, device=prompt.device)
+        start, end = self.cfg.coord_range
+        out = torch.zeros(prompt.shape[0], self.cfg.num_patches, self.cfg.d_model, device=prompt.device)
         is_coord = (prompt >= start) & (prompt < end) & prompt_mask
-        cells = torch.arange(g, device=prompt.device, dtype=torch.float32)
         for row in torch.nonzero(is_coord.sum(1) >= 4).flatten().tolist():
-            values = (prompt[row][is_coord[row]] - start).float() * (g / (bins - 1))  # grid units
-            for k in range(values.numel() // 4):
-                x0, y0, x1, y1 = values[4 * k:4 * k + 4]
-                x0, x1 = torch.minimum(x0, x1), torch.maximum(x0, x1)
-                y0, y1 = torch.minimum(y0, y1), torch.maximum(y0, y1)
-                # patch c spans [c, c + 1): marked if the box overlaps it (a degenerate box marks its cell)
-                cols = (cells + 1 > x0) & (cells < torch.maximum(x1, x0 + 1e-3))
-                rows = (cells + 1 > y0) & (cells < torch.maximum(y1, y0 + 1e-3))
-                inside = (rows[:, None] & cols[None, :]).float()[..., None]
-                out[row, 0] += inside * self.region_embed.weight[min(k, MAX_REGION_MARKS - 1)]
-        return out.flatten(2, 3)
+            boxes = prompt[row][is_coord[row]]
+            boxes = boxes[:boxes.numel() // 4 * 4].view(-1, 4)  # (K, 4): x0 y0 x1 y1
+            which = self.region_embed.weight[torch.arange(len(boxes), device=prompt.device).clamp(max=MAX_REGION_MARKS - 1)]
+            out[row] = self.patches_under(boxes).float().T @ which  # (P, K) @ (K, D)
+        return out[:, None]
+
+    def patches_under(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(..., 4) coordinate-token ids x0 y0 x1 y1 -> (..., P) bool: the patches each box overlaps.
+        Patch column c spans [c, c + 1) in grid units and bin b lies at b / (bins - 1) of the image; a
+        degenerate box still covers the cell it falls in."""
+        start, end = self.cfg.coord_range
+        g = self.cfg.image_size // self.cfg.patch_size
+        v = (boxes - start).clamp(0, end - start - 1).float() * (g / (end - start - 1))  # grid units
+        x0, x1 = torch.minimum(v[..., 0], v[..., 2]), torch.maximum(v[..., 0], v[..., 2])
+        y0, y1 = torch.minimum(v[..., 1], v[..., 3]), torch.maximum(v[..., 1], v[..., 3])
+        cells = torch.arange(g, device=boxes.device, dtype=torch.float32)
+        cols = (cells + 1 > x0[..., None]) & (cells < torch.maximum(x1, x0 + 1e-3)[..., None])  # (..., g)
+        rows = (cells + 1 > y0[..., None]) & (cells < torch.maximum(y1, y0 + 1e-3)[..., None])
+        return (rows[..., :, None] & cols[..., None, :]).flatten(-2)
+
+    def box_readouts(self, window: torch.Tensor, run: torch.Tensor, patches: torch.Tensor,
+                     patch_valid: torch.Tensor) -> torch.Tensor:
+        """The decoder's box readout (``model.box_readout``), (B, T, D).
+
+        window: (B, T, 4) each position's input token and the three before it; run: (B, T) how many
+        coordinate tokens in a row end at each position; patches: (B, P, D) the first image's encoded
+        patches, patch_valid: (B, P). Where a box's fourth coordinate is the input (``run`` a multiple
+        of 4), the mean of the patches under that box, projected; zero elsewhere.
+
+        Pix2Seq names a box's class right after its coordinates, so the label must come from the
+        patches those four tokens denote. Through cross-attention alone that binding of coordinate
+        codes to patch positions is a long plateau (detection boxes land but carry chance labels);
+        this hands the decoder the box's content directly, as RoI pooling does in two-stage detectors."""
+        ends = (run > 0) & (run % 4 == 0)
+        inside = self.patches_under(window) & ends[..., None] & patch_valid[:, None, :]  # (B, T, P)
+        inside = inside.to(patches.dtype)
+        pooled = inside @ patches / inside.sum(-1, keepdim=True).clamp(min=1.0)
+        return self.box_readout(pooled)
 
     def pooled_logits(self, memory: torch.Tensor, memory_mask: torch.Tensor, n_image_tokens: int = 0) -> torch.Tensor:
         """(B, V) logits of the bag-of-target-tokens objective: a linear head on the mean of the valid
@@ -261,30 +288,59 @@ class UniTokModel(nn.Module):
 
     # ---------------------------------------------------------------- decoder
     def decode(self, target_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-               caches: list[KVCache] | None = None) -> torch.Tensor:
+               caches: list[KVCache] | None = None, n_image_tokens: int = 0) -> torch.Tensor:
         """target_in: (B, T) ids (bos + target[:-1] in training; the last token when cached).
-        Returns logits (B, T, V)."""
+        ``n_image_tokens``: how many of ``memory``'s first positions are image patches (the box readout
+        reads the first image's). Returns logits (B, T, V)."""
         start = caches[0].length if caches else 0
         t = target_in.shape[1]
         if start + t > self.cfg.max_target_len:
             raise ValueError(f"target of {start + t} tokens exceeds model.max_target_len={self.cfg.max_target_len}")
         x = self.embed(target_in) + self.target_pos.weight[start:start + t]
+        if self.box_readout is not None and n_image_tokens >= self.cfg.num_patches:
+            if caches:
+                raise ValueError("the box readout needs the whole prefix: decode it uncached, or step by step with decode_step")
+            x = x + self._readouts_of(target_in, memory, memory_mask).to(x.dtype)
         expert_ids = self.token_expert[target_in]
         attn_mask = memory_mask[:, None, None, :]
         for i, block in enumerate(self.decoder):
             x = block(x, memory, attn_mask, expert_ids, cache=caches[i] if caches else None)
         return F.linear(self.dec_norm(x), self.embed.weight)
 
+    def _is_coord(self, ids: torch.Tensor) -> torch.Tensor:
+        start, end = self.cfg.coord_range
+        return (ids >= start) & (ids < end)
+
+    def _readouts_of(self, target_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """``box_readouts`` for a whole teacher-forced sequence (B, T)."""
+        is_coord = self._is_coord(target_in)
+        count = is_coord.long().cumsum(1)
+        run = count - torch.cummax(torch.where(is_coord, 0, count), 1).values  # coordinates in a row so far
+        t = target_in.shape[1]
+        window = torch.stack([F.pad(target_in, (k, 0))[:, :t] for k in (3, 2, 1, 0)], -1)
+        p = self.cfg.num_patches
+        return self.box_readouts(window, run, memory[:, :p], memory_mask[:, :p])
+
     def new_caches(self, batch: int, max_len: int, dtype: torch.dtype, device) -> list[KVCache]:
         return [KVCache(batch, max_len, self.cfg.n_heads, self.cfg.head_dim, dtype, device) for _ in self.decoder]
 
     # ---------------------------------------------------------------- one token at a time
-    def start_caches(self, memory: torch.Tensor, max_len: int) -> list[KVCache]:
+    def start_caches(self, memory: torch.Tensor, max_len: int, memory_mask: torch.Tensor | None = None,
+                     n_image_tokens: int = 0) -> list[KVCache]:
         """Caches for ``decode_step``: ``max_len`` self-attention positions, cross-attention K/V of
-        ``memory`` (B, S, D) computed here once."""
-        caches = self.new_caches(memory.shape[0], max_len, memory.dtype, memory.device)
+        ``memory`` (B, S, D) computed here once (and, with the box readout and an image, the first
+        image's patches and the last four tokens of each row)."""
+        b = memory.shape[0]
+        caches = self.new_caches(b, max_len, memory.dtype, memory.device)
         for block, cache in zip(self.decoder, caches):
             cache.cross = block.cross_attn.project_kv(memory)
+        p = self.cfg.num_patches
+        if self.box_readout is not None and n_image_tokens >= p:
+            if memory_mask is None:
+                raise ValueError("start_caches: the box readout needs memory_mask")
+            caches[0].rows = {"window": torch.zeros(b, 4, dtype=torch.long, device=memory.device),
+                              "run": torch.zeros(b, dtype=torch.long, device=memory.device),
+                              "patches": memory[:, :p], "patch_valid": memory_mask[:, :p]}
         return caches
 
     def decode_step(self, tokens: torch.Tensor, caches: list[KVCache], memory_mask: torch.Tensor, *,
@@ -327,8 +383,14 @@ class UniTokModel(nn.Module):
             torch._dynamo.maybe_mark_dynamic(prefix, 0)
         vocab = torch.empty(width, device=tokens.device)
         torch._dynamo.maybe_mark_dynamic(vocab, 0)
+        readout, rows = None, caches[0].rows
+        if self.box_readout is not None and rows:  # this step's token joins the row's window
+            rows["run"] = torch.where(self._is_coord(tokens), rows["run"] + 1, 0)
+            rows["window"] = torch.cat([rows["window"][:, 1:], tokens[:, None]], 1)
+            readout = self.box_readouts(rows["window"][:, None], rows["run"][:, None], rows["patches"],
+                                        rows["patch_valid"])  # (B, 1, D)
         return (tokens, prefix, vocab, expert_ids, present, [c.k for c in caches], [c.v for c in caches],
-                [c.cross for c in caches], memory_mask)
+                [c.cross for c in caches], memory_mask, readout)
 
     @staticmethod
     def advance_caches(caches: list[KVCache]) -> None:
@@ -350,11 +412,13 @@ class UniTokModel(nn.Module):
         return table[key]
 
     def step_logits(self, tokens, prefix, vocab, expert_ids, present, k_bufs, v_bufs, cross,
-                    memory_mask) -> torch.Tensor:
+                    memory_mask, readout=None) -> torch.Tensor:
         """Logits (B, len(vocab)) at position ``len(prefix) - 1``; writes that position's K/V into the
-        buffers."""
+        buffers. ``readout``: (B, 1, D) the box readout for this position, or None."""
         length = prefix.shape[0]  # positions filled after this step
         x = (self.embed(tokens) + self.target_pos.weight[length - 1])[:, None]  # (B, 1, D)
+        if readout is not None:
+            x = x + readout.to(x.dtype)
         attn_mask, expert_ids = memory_mask[:, None, :], expert_ids[:, None]
         for block, k_buf, v_buf, kv in zip(self.decoder, k_bufs, v_bufs, cross):
             x = block.step(x, length, k_buf, v_buf, kv, attn_mask, expert_ids, present)
@@ -364,8 +428,8 @@ class UniTokModel(nn.Module):
                 pooled: bool = False):
         """Logits (B, T, V); with ``pooled``, also the bag-of-tokens logits (B, V) (``pooled_logits``)."""
         memory, memory_mask = self.encode(prompt, prompt_mask, images, image_mask, patch_mask)
-        logits = self.decode(target_in, memory, memory_mask)
+        n_image_tokens = images.shape[1] * self.cfg.num_patches if images is not None else 0
+        logits = self.decode(target_in, memory, memory_mask, n_image_tokens=n_image_tokens)
         if not pooled:
             return logits
-        n_image_tokens = images.shape[1] * self.cfg.num_patches if images is not None else 0
         return logits, self.pooled_logits(memory, memory_mask, n_image_tokens)

@@ -34,9 +34,11 @@ import numpy as np  # noqa: E402
 from gradio import processing_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from unitok.data.schema import to_rgb  # noqa: E402
 from unitok.data.world import KINDS, WorldConfig  # noqa: E402
 from unitok.inference.pipeline import Pipeline, UnknownPromptError  # noqa: E402
 from unitok.inference.visualize import depth_colormap  # noqa: E402
+from unitok.modalities.image import MIN_SIDE  # noqa: E402  (the size policy every surface shares)
 from unitok.tasks.examples import resolve  # noqa: E402
 from unitok.tasks.outputs import Box, Boxes, DenseMap, GeneratedImage, Label, Region, Text  # noqa: E402
 from unitok.tasks.spec import TaskSpec  # noqa: E402
@@ -46,7 +48,7 @@ log = logging.getLogger("unitok.app")
 # Uploads: what is accepted, and the limits that keep one request from hogging the server.
 IMAGE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF"}
 MAX_UPLOAD_MB = 10
-MIN_SIDE, MAX_SIDE = 8, 4096
+MAX_SIDE = 4096
 DISPLAY_SIDE = 256  # small images are shown enlarged (nearest neighbour) to about this size
 
 # No web fonts: the browser's own sans and mono faces.
@@ -216,7 +218,7 @@ def _write(path: Path, png: bytes) -> str:
 # --------------------------------------------------------------------------- rendering
 def _strip(paths: list[str]) -> tuple[Image.Image, int]:
     """The input images side by side, enlarged when small; returns (picture, scale)."""
-    images = [Image.open(p).convert("RGB") for p in paths]
+    images = [to_rgb(Image.open(p)) for p in paths]  # 16-bit images rescaled, as the model sees them
     scale = max(1, DISPLAY_SIDE // max(max(im.size) for im in images))
     images = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
     gap = 8 if len(images) > 1 else 0

@@ -35,6 +35,20 @@ def test_tasks_check_names_file_and_field(tmp_path):
     assert "m.yaml: field 'metric': unknown evaluator 'blue'" in unitok("tasks", "check", unknown_metric, check=False).stdout
 
 
+def test_tasks_check_warns_when_exact_match_accuracy_meets_a_list_field(tmp_path):
+    """A spec scoring a caption list with exact-match accuracy checks fine, with a warning line naming the
+    file and the field, once the data is there to show that the field is a list."""
+    spec = tmp_path / "first_caption.yaml"
+    spec.write_text("name: first_caption\ndata: world\nprompt: [x]\ninputs: {image: image}\n"
+                    "target: {format: text, field: captions}\nmetric: accuracy\n")
+    quiet = unitok("tasks", "check", spec, "--data-root", tmp_path / "data")
+    assert quiet.stdout.strip() == f"ok    {spec}"  # no store: nothing to see, nothing to warn about
+    unitok("data", "build", "world", "--split", "val", "--n", 2, "--out", tmp_path / "data" / "world" / "val", "--size", 32)
+    loud = unitok("tasks", "check", spec, "--data-root", tmp_path / "data")
+    assert loud.returncode == 0
+    assert f"WARN  {spec}: field 'target.field': warning: 'captions' is a list" in loud.stdout
+
+
 def test_data_build_inspect_show(tmp_path):
     store = tmp_path / "w"
     unitok("data", "build", "world", "--split", "val", "--n", 6, "--out", store, "--size", 48)

@@ -247,6 +247,20 @@ def test_accuracy_exact_match():
     assert evaluate("accuracy", pairs) == {"accuracy": 0.5}
 
 
+def test_accuracy_says_how_a_list_of_references_is_used():
+    """Two captions per image, a task that asks for the first: predicting the other one is right under
+    ``any`` (the default), wrong under ``first``; ``all`` needs every reference to agree."""
+    refs = ["3 and 7", "two handwritten digits"]
+    pairs = [(Text("two handwritten digits"), refs), (Text("3 and 7"), refs), (Text("yes"), ["yes", "Yes "]),
+             (Text("no"), "no"), (None, refs)]
+    assert evaluate("accuracy", pairs) == {"accuracy": 0.8}
+    assert evaluate("accuracy", pairs, references="any") == {"accuracy": 0.8}
+    assert evaluate("accuracy", pairs, references="first") == {"accuracy": 0.6}
+    assert evaluate("accuracy", pairs, references="all") == {"accuracy": 0.4}
+    with pytest.raises(ValueError, match="references: expected one of any, all, first, got 'some'"):
+        build_evaluator("accuracy", references="some")
+
+
 # --------------------------------------------------------------------------- dense
 
 

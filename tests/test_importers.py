@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -335,3 +336,117 @@ def test_dispatcher_and_existing_store(coco, tmp_path):
     with pytest.raises(StoreError, match="already exists"):
         import_coco_captions(root / "captions.json", root / "images", tmp_path / "s")
     assert len(RecordStore(tmp_path / "s")) == N_SCENES  # the refused import left the store intact
+
+
+# --- a flat question-per-line JSONL, wrong importers, totals in inspect ---------------------------------------
+
+
+def _flat_questions(tmp_path: Path) -> tuple[Path, list[dict], list[dict]]:
+    """Three world scenes as a flat JSONL: one line per question, the image repeated on each line (the
+    second scene's lines interleaved with the first's), captions given on some lines only."""
+    cfg = WorldConfig(seed=5, size=40)
+    scenes = [make_scene(cfg, i) for i in range(3)]
+    (tmp_path / "imgs").mkdir()
+    lines = []
+    for i, scene in enumerate(scenes):
+        (tmp_path / "imgs" / f"{i}.png").write_bytes(scene["image"])
+        for k, q in enumerate(scene["vqa"][:4]):
+            line = {"image": f"imgs/{i}.png", "question": q["question"], "answer": q["answer"],
+                    "question_type": q["type"], "question_id": 100 * i + k}
+            if k == 1:
+                line["captions"] = scene["captions"]
+            lines.append(line)
+    lines[1], lines[4] = lines[4], lines[1]  # scene 1's first question comes before scene 0's second
+    path = tmp_path / "questions.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path, scenes, lines
+
+
+def test_jsonl_question_lines_group_by_image_with_the_answer_vocabulary(tmp_path):
+    path, scenes, lines = _flat_questions(tmp_path)
+    report = import_jsonl(path, tmp_path / "s")
+    assert report.records == 3 and report.skipped == 0  # one record per image, not one per question
+    store = RecordStore(tmp_path / "s")
+    for i, (record, scene) in enumerate(zip(store, scenes, strict=True)):
+        assert record["image"] == scene["image"] and record["captions"] == scene["captions"]
+        mine = [ln for ln in lines if ln["image"] == f"imgs/{i}.png"]
+        assert record["vqa"] == [{k: v for k, v in ln.items() if k not in ("image", "captions")} for ln in mine]
+        assert record["id"] == f"questions-{lines.index(mine[0]) + 1}"  # the file stem and its first line
+        assert "question" not in record and "answer" not in record
+    counts = {}
+    for ln in lines:
+        counts[ln["answer"]] = counts.get(ln["answer"], 0) + 1
+    assert store.meta["answers"] == sorted(counts, key=lambda a: (-counts[a], a))  # most frequent first
+    assert "answer_types" in store.meta
+    # the native form gets the vocabulary too
+    native = tmp_path / "native.jsonl"
+    native.write_text(json.dumps({"image": "imgs/0.png", "vqa": [{"question": "q?", "answer": "b", "type": "t"},
+                                                                  {"question": "r?", "answer": "a", "type": "t"},
+                                                                  {"question": "s?", "answer": "b"}]}) + "\n")
+    import_jsonl(native, tmp_path / "n")
+    assert RecordStore(tmp_path / "n").meta["answers"] == ["b", "a"]
+    assert RecordStore(tmp_path / "n").meta["answer_types"] == ["t"]
+
+
+def test_jsonl_question_lines_that_disagree_are_reported(tmp_path):
+    path, scenes, lines = _flat_questions(tmp_path)
+    del lines[2]["answer"]  # line 3, a question of scene 0
+    lines[6]["captions"] = ["another caption"]  # line 7: scene 1's captions came on line 6
+    lines.append({"image": "imgs/9.png", "question": "where?", "answer": "nowhere"})
+    lines.append({"image": "imgs/9.png", "question": "what?", "answer": "nothing"})
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.raises(DataImportError, match=r"questions\.jsonl: line 3: line has no 'answer'"):
+        import_jsonl(path, tmp_path / "s")
+    report = import_jsonl(path, tmp_path / "s", skip_bad=True)
+    assert report.records == 3
+    assert [b.item for b in report.bad] == ["line 3", "line 7", "lines 13, 14 (the questions of imgs/9.png)"]
+    assert re.fullmatch(r"captions \['another caption'\] differs from \['.*\.\.\. on line 6, a question of the same "
+                        r"image \(imgs/1\.png\)", report.bad[1].reason)
+    assert "imgs/9.png not found; skipped with its 2 questions" in report.bad[2].reason
+    store = RecordStore(tmp_path / "s")
+    assert [len(r["vqa"]) for r in store] == [3, 3, 4] and store[1]["captions"] == scenes[1]["captions"]
+
+
+def test_wrong_importer_errors_name_the_right_one(coco, tmp_path):
+    path, _, _ = _flat_questions(tmp_path)
+    root = coco["root"]
+    with pytest.raises(DataImportError, match=r"questions\.jsonl: line 2 column 1: malformed JSON .*it looks like "
+                                              r"JSON Lines .*use `unitok data import jsonl --path .*questions\.jsonl"):
+        import_vqa(path, tmp_path / "imgs", tmp_path / "s")
+    with pytest.raises(DataImportError, match=r"it looks like JSON Lines .*unitok data import jsonl"):
+        import_coco(path, tmp_path / "imgs", tmp_path / "s")
+    with pytest.raises(DataImportError, match=r"captions\.json: not a COCO instances file; it looks like a COCO "
+                                              r"captions file: use `unitok data import coco_captions --captions"):
+        import_coco(root / "captions.json", root / "images", tmp_path / "s")
+    with pytest.raises(DataImportError, match=r"instances\.json: expected an object with a 'questions' list \(VQA v2 "
+                                              r"format\); it looks like a COCO instances file: use `unitok data import coco"):
+        import_vqa(root / "instances.json", root / "images", tmp_path / "s")
+    questions = _write_json(tmp_path / "q.json", {"questions": [{"image_id": 1, "question": "a?", "question_id": 1}]})
+    with pytest.raises(DataImportError, match=r"q\.json: not a COCO instances file; it looks like a VQA v2 questions "
+                                              r"file: use `unitok data import vqa --questions"):
+        import_coco(questions, root / "images", tmp_path / "s")
+    answers = _write_json(tmp_path / "a.json", {"annotations": [{"question_id": 1, "image_id": 1,
+                                                                  "multiple_choice_answer": "x"}]})
+    with pytest.raises(DataImportError, match=r"a\.json: expected an object with a 'questions' list .*it looks like a "
+                                              r"VQA v2 annotations file: use `.* --annotations .*a\.json"):
+        import_vqa(answers, root / "images", tmp_path / "s")
+    with pytest.raises(DataImportError, match=r"expected a JSON list of refs .*it looks like a COCO instances file"):
+        import_refcoco(root / "instances.json", root / "instances.json", root / "images", tmp_path / "s")
+    for whole in (root / "instances.json", tmp_path / "pretty.json"):  # one line, or pretty-printed
+        if whole.name == "pretty.json":
+            whole.write_text(json.dumps(coco["instances"], indent=2))
+        with pytest.raises(DataImportError, match=rf"{whole.name}: one JSON document, not JSON Lines .*it looks like "
+                                                  r"a COCO instances file: use `unitok data import coco --instances"):
+            import_jsonl(whole, tmp_path / "s", skip_bad=True)  # a whole file is not a bad line to skip
+    assert not (tmp_path / "s").exists()
+
+
+def test_inspect_counts_list_items(tmp_path):
+    from unitok.data.tools import inspect
+
+    path, scenes, lines = _flat_questions(tmp_path)
+    import_jsonl(path, tmp_path / "s")
+    rows = {ln.split()[0]: ln for ln in inspect(tmp_path / "s").splitlines() if ln.startswith("  ")}
+    assert rows["vqa"].split()[1:3] == ["3/3", str(len(lines))]  # 3 records hold all 12 questions
+    assert rows["captions"].split()[1:3] == ["3/3", str(sum(len(s["captions"]) for s in scenes))]
+    assert "items" not in rows["width"]

@@ -208,3 +208,28 @@ def test_show_draws_image_panels_and_text(store_path, tmp_path):
     assert width >= panels * 3 * CFG.size and height > 3 * CFG.size  # panels side by side, text below
     with pytest.raises(IndexError):
         show(store_path, N, tmp_path / "x.png")
+
+
+def test_an_interrupted_world_build_is_generated_again_and_a_build_is_atomic(tmp_path, monkeypatch):
+    from conftest import REPO
+
+    from unitok import recipes
+    from unitok.config import load_config
+
+    run = load_config(REPO / "configs" / "tiny.yaml", {"data.root": str(tmp_path), "data.world.train": 6, "data.world.val": 4})
+    tasks = {"t": type("Spec", (), {"data": "world"})()}
+    half = tmp_path / "world" / "train"
+    with pytest.raises(RuntimeError):  # a build killed midway, as an older non-atomic build left it
+        with StoreWriter(half) as w:
+            w.extend(iter_world(WorldConfig(seed=0), 3, "train"))
+            raise RuntimeError("killed")
+    with pytest.raises(StoreError, match="incomplete"):
+        RecordStore(half)
+    recipes.prepare_data(run, tasks)
+    assert len(RecordStore(half)) == 6 and len(RecordStore(tmp_path / "world" / "val")) == 4
+    # a build that fails leaves nothing under the store's own path
+    monkeypatch.setattr(recipes, "iter_world", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        recipes.build_world_store("world", "test", 5, tmp_path / "world" / "test")
+    assert not (tmp_path / "world" / "test").exists()
+    assert sorted(p.name for p in (tmp_path / "world").iterdir()) == ["train", "val"]  # no leftover build

@@ -200,3 +200,54 @@ def parse_spec(body: str):
     import yaml
 
     return parse_task(yaml.safe_load(textwrap.dedent(body)), source="<mytask>", formats=FORMATS)
+
+
+# -- multi-reference metrics: how a list of references is used, and the check that asks --------------------
+
+def _store(root: Path, dataset: str, records: list[dict]) -> None:
+    from unitok.data.store import StoreWriter
+
+    with StoreWriter(root / dataset / "val", {"dataset": dataset}) as w:
+        w.extend(records)
+
+
+def test_bad_metric_option_names_the_option(tmp_path):
+    from unitok.recipes import check_metric
+
+    spec = load_task(write(tmp_path, GOOD.replace("metric: caption", "metric: accuracy\nmetric_options: {references: some}")),
+                     formats=FORMATS)
+    with pytest.raises(TaskSpecError, match=r"mytask\.yaml: field 'metric_options\.references': expected one of any, "
+                                            r"all, first, got 'some'"):
+        check_metric(spec)
+
+
+def test_check_warns_when_exact_match_accuracy_meets_a_list_field(tmp_path):
+    from unitok.recipes import list_reference_warnings
+
+    digits = [{"id": "a", "captions": ["3 and 7", "two handwritten digits"], "digits": "3 7",
+               "questions": [{"q": "how many?", "answers": ["2", "two"], "kind": "count"},
+                             {"q": "which?", "answer": "3", "kind": "read"}]}]
+    _store(tmp_path / "data", "digits", digits)
+    body = GOOD.replace("data: world", "data: digits").replace("metric: caption", "metric: accuracy")
+    spec = load_task(write(tmp_path, body), formats=FORMATS)
+    (warning,) = list_reference_warnings(spec, tmp_path / "data")
+    assert warning.startswith(f"{spec.source}: field 'target.field': warning: 'captions' is a list in ")
+    assert "record 'a' has 2" in warning and "references: any | all | first" in warning
+    # said how the references are used, indexed one, a scalar field, another metric, no data: no warning
+    for change in (("metric: accuracy", "metric: accuracy\nmetric_options: {references: first}"),
+                   ("field: captions", "field: captions.0"), ("field: captions", "field: digits"),
+                   ("metric: accuracy", "metric: caption")):
+        quiet = load_task(write(tmp_path, body.replace(*change)), formats=FORMATS)
+        assert list_reference_warnings(quiet, tmp_path / "data") == [], change
+    assert list_reference_warnings(spec, tmp_path / "nowhere") == []
+    # each + where: the item that passes the filter is the one looked at
+    each = body.replace("target: {format: text, field: captions}",
+                        "each: questions\nwhere: {kind: count}\ntarget: {format: text, field: answers}")
+    (warning,) = list_reference_warnings(load_task(write(tmp_path, each), formats=FORMATS), tmp_path / "data")
+    assert "'answers' is a list" in warning
+    read = each.replace("kind: count", "kind: read").replace("field: answers", "field: answer")
+    assert list_reference_warnings(load_task(write(tmp_path, read), formats=FORMATS), tmp_path / "data") == []
+    with_reference = body.replace("field: captions}", "field: digits, reference: captions}")
+    (warning,) = list_reference_warnings(load_task(write(tmp_path, with_reference), formats=FORMATS), tmp_path / "data")
+    assert "field 'target.reference'" in warning
+

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, parse_config
+from .errors import UniTokError
 from .model.config import ModelConfig
 from .model.transformer import UniTokModel
 from .modalities.codec import Codec
@@ -38,7 +39,7 @@ from .tasks.spec import TaskSpec, dump_task, load_tasks
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UniTokError, ValueError):
     pass
 
 

@@ -2,6 +2,7 @@
 
     unitok data build world --split train --n 2000 --out data/world/train
     unitok data import coco --instances ann.json --images imgs/ --out data/mycoco/train
+    unitok data export coco data/world/val --out build/world_coco [--palette shifted]
     unitok data inspect|stats DIR ;  unitok data show DIR --index 3 --out rec.png
     unitok tokenizers train [--what text] --config configs/tiny.yaml
     unitok tokenizers train --what image|dense --out tokenizers/image_vq [--steps N ...]
@@ -22,6 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, UniTokError, message
+
+# A user's mistake: printed as its message alone, in one line, with exit status 2 (argparse's for a usage
+# error); `--debug` shows the traceback. Anything else is a bug and keeps its traceback. Plain ValueError
+# and KeyError stay here for the layers' messages that predate UniTokError.
+USER_ERRORS = (UniTokError, ValueError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError,
+               NotADirectoryError, PermissionError)
+
 
 def _value(text: str):
     """Parse ``--set key=value`` values as YAML scalars (numbers, booleans, lists)."""
@@ -30,11 +39,11 @@ def _value(text: str):
     return yaml.safe_load(text)
 
 
-def _overrides(pairs: list[str]) -> dict:
+def _overrides(pairs: list[str], flag: str = "--set") -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+            raise InputError(f"{flag}: expected KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key] = _value(value)
     return out
@@ -51,12 +60,43 @@ def cmd_data_build(args) -> None:
 def cmd_data_import(args) -> None:
     from .data.importers import import_dataset
 
-    kwargs = {k: v for k, v in vars(args).items() if k in _IMPORT_ARGS and v is not None}
+    kwargs = _import_options(args.kind, {k: v for k, v in vars(args).items() if k in _IMPORT_ARGS and v is not None})
     report = import_dataset(args.kind, out=args.out, skip_bad=args.skip_bad, **kwargs)
     print(report.summary())
 
 
 _IMPORT_ARGS = ("instances", "images", "captions", "questions", "annotations", "refs", "path", "split", "dataset")
+
+
+def _import_options(kind: str, given: dict) -> dict:
+    """``given`` checked against what the ``kind`` importer takes (its signature), so an option listed in
+    ``data import -h`` that this importer has no use for, or one it needs, is named before anything runs."""
+    import inspect
+
+    from .data.importers import IMPORTERS
+
+    params = inspect.signature(IMPORTERS[kind]).parameters
+    takes = [n for n in _IMPORT_ARGS if n in params]
+
+    def flags(names) -> str:
+        return ", ".join(f"--{n}" for n in names)
+
+    unused = [n for n in given if n not in takes]
+    if unused:
+        raise InputError(f"data import {kind}: {flags(unused)} is not an option of this importer; "
+                         f"it takes {flags(takes)}")
+    missing = [n for n in takes if params[n].default is inspect.Parameter.empty and n not in given]
+    if missing:
+        raise InputError(f"data import {kind} needs {flags(missing)}")
+    return given
+
+
+def cmd_data_export(args) -> None:
+    from .data.export import export_coco
+
+    counts = export_coco(args.store, args.out, palette=args.palette, limit=args.limit)
+    print(f"exported {counts['images']} images, {counts['objects']} objects, {counts['captions']} captions and "
+          f"{counts['questions']} questions from {args.store} to {args.out}")
 
 
 def cmd_data_inspect(args) -> None:
@@ -72,14 +112,22 @@ def cmd_data_stats(args) -> None:
 
 
 def cmd_data_show(args) -> None:
+    from .data.store import RecordStore
     from .data.tools import show
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; name the PNG file to write")
+    if out.exists() and not args.force:
+        raise InputError(f"--out {out} already exists; pass --force to overwrite it")
+    store = RecordStore(args.dir, check_world=False)
+    n = len(store)
+    store.close()
+    if not 0 <= args.index < n:
+        span = f"0 to {n - 1}" if n else "none: the store is empty"
+        raise InputError(f"--index {args.index} is out of range: {args.dir} holds {n} records (indexes {span})")
     if args.image_only:  # the record's own image, as a model would see it: no drawing, no scaling
-        from .data.store import RecordStore
-
         store = RecordStore(args.dir)
-        if not 0 <= args.index < len(store):
-            raise IndexError(f"{store.path}: index {args.index} out of range for {len(store)} records")
         Path(args.out).write_bytes(store[args.index]["image"])
         print(args.out)
         return
@@ -110,17 +158,42 @@ def cmd_tasks_list(args) -> None:
         print(f"{name:24s} {spec.target.format:10s} {spec.metric:18s} data={spec.data:12s} {spec.prompt[0]!r}")
 
 
+def _spec_problems(spec, path: str, seen: dict[str, str], data_root: str) -> list[str]:
+    """What loading the specs together (``tasks list``, training) or reading their data would refuse:
+    a name that is not the file's, a name another file already has, fields the spec's store lacks."""
+    from .recipes import spec_data_problems
+    from .tasks.spec import TaskSpecError, check_file_name
+
+    problems = []
+    try:
+        check_file_name(spec, path)
+    except TaskSpecError as e:
+        problems.append(str(e))
+    if spec.name in seen:
+        problems.append(f"{path}: field 'name': {spec.name!r} is also the name of {seen[spec.name]}")
+    seen.setdefault(spec.name, path)
+    return problems + spec_data_problems(spec, data_root)
+
+
 def cmd_tasks_check(args) -> None:
-    from .recipes import check_metric
+    from .recipes import check_metric, list_reference_warnings
     from .tasks.formats import FORMATS
     from .tasks.spec import TaskSpecError, load_task
 
     files = args.files or sorted(str(p) for p in Path(args.dir).glob("*.yaml"))
-    bad = 0
+    bad, seen = 0, {}
     for f in files:
         try:
-            check_metric(load_task(f, formats=FORMATS))
+            spec = load_task(f, formats=FORMATS)
+            check_metric(spec)
+            problems = _spec_problems(spec, f, seen, args.data_root)  # name, duplicates, fields the data lacks
+            if problems:
+                bad += 1
+                print("\n".join(f"FAIL  {p}" for p in problems))
+                continue
             print(f"ok    {f}")
+            for warning in list_reference_warnings(spec, args.data_root):  # looks at the data when it is there
+                print(f"WARN  {warning}")
         except TaskSpecError as e:
             bad += 1
             print(f"FAIL  {e}")
@@ -203,17 +276,68 @@ def _jsonable(obj):
     return obj
 
 
+def _predict_inputs(args) -> tuple[dict, dict]:
+    """What ``predict`` can check before the model loads, so a mistake costs milliseconds: each image
+    readable and at least MIN_SIDE pixels a side, the prompt UTF-8 text, the --decode options known and
+    typed. Returns the images (as bytes, read once) and the decoding overrides."""
+    from .generation.options import DecodingOptions
+    from .modalities.image import check_size, load_image
+
+    if args.prompt is not None:
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # a non-UTF-8 argument arrives with its bytes escaped
+            raise InputError(f"--prompt: not valid UTF-8 text (undecodable byte at character {e.start})") from None
+
+    def read(flag: str, path: str) -> bytes:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise InputError(f"{flag}: cannot read image file {path}: {e.strerror}") from None
+        check_size(load_image(data, what=f"{flag} {path}"), what=f"{flag} {path}")
+        return data
+
+    images = {key: read(flag, path) for flag, key, path in (("--image", "image", args.image),
+                                                            ("--image2", "image2", args.image2)) if path is not None}
+    if args.video:
+        images["video"] = [read(f"--video (frame {i})", f) for i, f in enumerate(args.video)]
+    try:
+        decoding = _overrides(args.decode, "--decode")
+        DecodingOptions().replace(**decoding)
+    except ValueError as e:  # the key at fault, and every key with what it takes
+        text = message(e).removeprefix("--decode: ")
+        known = "" if "known:" in text else f"; options: {DecodingOptions.usage()}"
+        raise InputError(f"--decode: {text}{known}") from None
+    return images, decoding
+
+
+def _check_flags(pipe, args) -> None:
+    """The inputs the routed task needs, named by the flags a user types (``--image2``, not ``image2=``)."""
+    from .inference.pipeline import UnknownPromptError, prompt_text
+
+    try:
+        route = pipe.route(prompt_text(args.prompt), args.task)
+    except UnknownPromptError as e:
+        raise UnknownPromptError(str(e).replace("task=NAME", "--task NAME")) from None
+    needs = pipe.tasks[route.task].inputs
+    missing = [flag for flag, need, given in (("--image", needs.image, args.image), ("--image2", needs.image2, args.image2),
+                                              ("--video", needs.video, args.video)) if need and not given]
+    if needs.region and not args.region and route.region is None:
+        missing.append("--region X0 Y0 X1 Y1 (or four numbers in --prompt)")
+    if missing:
+        raise InputError(f"task {route.task} needs {' and '.join(missing)}")
+
+
 def cmd_predict(args) -> None:
     from .inference.pipeline import Pipeline
 
+    images, decoding = _predict_inputs(args)
     pipe = Pipeline.from_pretrained(args.checkpoint)
-    kwargs = {"image": args.image, "image2": args.image2, "task": args.task}
-    if args.video:
-        kwargs["video"] = args.video
+    _check_flags(pipe, args)
+    kwargs = {**images, "task": args.task}
     if args.region:
         kwargs["region"] = args.region
-    output = pipe(args.prompt, decoding=_overrides(args.decode),
-                  **{k: v for k, v in kwargs.items() if v is not None})
+    output = pipe(args.prompt, decoding=decoding, **{k: v for k, v in kwargs.items() if v is not None})
     print(json.dumps({"output": _jsonable(output), "type": type(output).__name__}, indent=1))
     if args.save_vis:
         from .inference.visualize import visualize
@@ -227,6 +351,7 @@ def cmd_predict(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unitok", description="Unified vision-language modelling: prompt -> token sequence.")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its one-line message")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="build, import and look at record stores").add_subparsers(dest="sub", required=True)
@@ -245,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
         imp.add_argument(f"--{name}")
     imp.add_argument("--skip-bad", action="store_true", help="skip bad items, count and list them in a report")
     imp.set_defaults(fn=cmd_data_import)
+    exp = data.add_parser("export", help="write a store as COCO files: images/, instances.json, captions.json, "
+                          "questions.jsonl").add_subparsers(dest="format", required=True)
+    ec = exp.add_parser("coco", help="COCO instances + captions, and the questions as one-per-line JSONL")
+    ec.add_argument("store")
+    ec.add_argument("--out", required=True, help="a new (or empty) directory")
+    ec.add_argument("--palette", help="'shifted': repaint world scenes in other colours of the same names")
+    ec.add_argument("--limit", type=int, help="only the first N records")
+    ec.set_defaults(fn=cmd_data_export)
     for name, fn, help_ in (("inspect", cmd_data_inspect, "counts, fields, categories"),
                             ("stats", cmd_data_stats, "distributions")):
         q = data.add_parser(name, help=help_)
@@ -255,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--index", type=int, default=0)
     s.add_argument("--out", default="record.png")
     s.add_argument("--image-only", action="store_true", help="write the record's image alone, unannotated")
+    s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     s.set_defaults(fn=cmd_data_show)
 
     tok = sub.add_parser("tokenizers", help="train modality tokenizers").add_subparsers(dest="sub", required=True)
@@ -273,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc = tasks.add_parser("check")
     tc.add_argument("files", nargs="*")
     tc.add_argument("--dir", default="tasks")
+    tc.add_argument("--data-root", default="data", help="where the specs' stores are (<root>/<data>/<split>); "
+                    "where one is there, its records show the fields a spec names that the data lacks, and "
+                    "whether exact-match accuracy meets a list field")
     tc.set_defaults(fn=cmd_tasks_check)
 
     tr = sub.add_parser("train", help="train a model on a task mixture (torchrun for several processes)")
@@ -324,18 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted after the subcommand too, where a user adds it on a rerun
+    args, extra = parser.parse_known_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     if extra and not (getattr(args, "takes_extra", False) and args.what != "text"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        if args.verbose:
+    except USER_ERRORS as e:
+        if args.debug:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise SystemExit(f"unitok: error: {msg}") from None
+        print(f"unitok: error: {' '.join(message(e).split())}", file=sys.stderr)  # one line
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

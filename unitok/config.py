@@ -11,10 +11,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import UniTokError
 from .model.config import ModelConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UniTokError, ValueError):
     pass
 
 

@@ -9,15 +9,16 @@
 from __future__ import annotations
 
 import json
-
 import logging
+import os
+import shutil
 import string
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from .checkpoint import load_checkpoint
 from .config import RunConfig
-from .data.store import RecordStore, StoreWriter
+from .data.store import RecordStore, StoreError, StoreWriter
 from .data.world import KINDS, WorldConfig, iter_world, meta_for
 from .modalities.codec import Codec
 from .modalities.text import TextTokenizer
@@ -32,24 +33,102 @@ def store_path(run: RunConfig, dataset: str, split: str) -> Path:
     return Path(run.data.root) / dataset / split
 
 
-def build_world_store(kind: str, split: str, n: int, out: str | Path, *, seed: int = 0, size: int = 64) -> Path:
-    cfg = WorldConfig(seed=seed, size=size)
-    with StoreWriter(out, meta_for(kind, cfg, split)) as w:
-        w.extend(iter_world(cfg, n, split, kind=kind))
-    return Path(out)
+def build_world_store(kind: str, split: str, n: int, out: str | Path, *, seed: int = 0, size: int = 64,
+                      replace_incomplete: bool = False) -> Path:
+    """Generate ``n`` world records into a store at ``out``: written beside it and renamed into place when
+    complete, so a build killed midway leaves no half store under ``out``. An existing store at ``out`` is
+    refused, unless it is incomplete and ``replace_incomplete`` (an interrupted older build)."""
+    cfg, out = WorldConfig(seed=seed, size=size), Path(out)
+    if (out / "data.mdb").exists() and not (replace_incomplete and not _complete(out)):
+        raise StoreError(f"{out}: a store already exists here; remove it or choose another --out")
+    tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with StoreWriter(tmp, meta_for(kind, cfg, split)) as w:
+            w.extend(iter_world(cfg, n, split, kind=kind))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
 
 
 def check_metric(spec: TaskSpec) -> None:
-    """The spec's metric must name a registered evaluator (checked here: tasks never import eval)."""
-    from .eval import EVALUATORS, build_evaluator
+    """The spec's metric must name a registered evaluator that takes its options (checked here: tasks
+    never import eval). A bad name is reported at field 'metric', a bad option at 'metric_options'."""
+    from .eval import build_evaluator, primary_key
 
     try:
+        primary_key(spec.metric)  # the name (and an '@' parameter) alone
+        named = True
+    except (KeyError, ValueError):
+        named = False
+    try:
         if any(isinstance(v, str) and v.startswith("meta:") for v in spec.metric_options.values()):
-            EVALUATORS.get(spec.metric.split("@")[0])  # options come from a store: check the name only
+            if not named:  # options come from a store: check the name only
+                build_evaluator(spec.metric)
         else:
             build_evaluator(spec.metric, **spec.metric_options)
     except (KeyError, ValueError, TypeError) as e:
-        raise TaskSpecError(f"{spec.source}: field 'metric': {e.args[0] if e.args else e}") from None
+        message = str(e.args[0] if e.args else e)
+        field = "metric_options" if named and spec.metric_options else "metric"
+        for key in spec.metric_options if named else ():  # "references: expected ..." -> that option
+            if message.startswith(f"{key}: "):
+                field, message = f"metric_options.{key}", message[len(key) + 2:]
+        raise TaskSpecError(f"{spec.source}: field '{field}': {message}") from None
+
+
+# Metrics that compare a prediction with a reference string exactly: a list reference means "any of them"
+# unless the spec's metric_options say otherwise (``references: any | all | first``).
+EXACT_MATCH_METRICS = ("accuracy",)
+
+
+def list_reference_warnings(spec: TaskSpec, data_root: str | Path = "data", *, max_records: int = 50) -> list[str]:
+    """Warnings for a spec whose exact-match metric meets a reference that is a list in the data.
+
+    Looks at the first records of the spec's eval store (else its train store) under ``data_root``, for
+    the first example (``each`` item passing ``where``) that has the reference field. No store, or no
+    record with the field, means nothing can be seen: no warning. A spec that sets
+    ``metric_options.references`` has said how the list is used: no warning either."""
+    from .data.store import StoreError
+    from .tasks.examples import matches, resolve
+
+    if spec.metric.split("@")[0] not in EXACT_MATCH_METRICS or "references" in spec.metric_options:
+        return []
+    field, path = ("target.reference", spec.target.reference) if spec.target.reference else ("target.field", spec.target.field)
+    for split in dict.fromkeys((spec.splits.eval, spec.splits.train)):
+        store_dir = Path(data_root) / spec.data / split
+        if not (store_dir / "data.mdb").exists():
+            continue
+        try:
+            store = RecordStore(store_dir, check_world=False)  # only the shape of a field is looked at
+            try:
+                records = [store[i] for i in range(min(max_records, len(store)))]
+            finally:
+                store.close()
+        except StoreError:
+            continue
+        for record in records:
+            try:
+                items = [None] if spec.each is None else list(resolve(spec.each, record))
+            except (KeyError, TypeError):
+                continue
+            for item in items:
+                if spec.where and not matches(spec.where, record, item):
+                    continue
+                try:
+                    value = resolve(path, record, item)
+                except KeyError:
+                    continue
+                if not isinstance(value, (list, tuple)):
+                    return []
+                return [f"{spec.source}: field '{field}': warning: {path!r} is a list in {store_dir} (record "
+                        f"{record.get('id')!r} has {len(value)}), and exact-match {spec.metric!r} counts a "
+                        f"prediction right if it equals any of them; say how the references are used with "
+                        f"metric_options: {{references: any | all | first}}, or pick one item ({path}.0)"]
+    return []
 
 
 def load_run_tasks(run: RunConfig) -> dict[str, TaskSpec]:
@@ -66,12 +145,22 @@ def prepare_data(run: RunConfig, tasks: dict[str, TaskSpec], splits: Iterable[st
         for split in splits:
             path = store_path(run, dataset, split)
             if (path / "data.mdb").exists():
-                continue
+                if dataset not in KINDS or _complete(path):
+                    continue  # an incomplete imported store fails when opened, naming its path
+                log.warning("%s: incomplete store (its build was interrupted); generating it again", path)
             if dataset not in KINDS:
                 raise FileNotFoundError(f"{path}: no store for dataset {dataset!r}; import it with `unitok data import`")
             n = getattr(world, split)
             log.info("building %s/%s: %d records", dataset, split, n)
-            build_world_store(dataset, split, n, path, seed=world.seed, size=world.size)
+            build_world_store(dataset, split, n, path, seed=world.seed, size=world.size, replace_incomplete=True)
+
+
+def _complete(path: Path) -> bool:
+    try:
+        RecordStore(path).close()
+        return True
+    except StoreError:
+        return False
 
 
 def open_stores(run: RunConfig, tasks: dict[str, TaskSpec], which: str) -> dict[str, RecordStore]:
@@ -295,3 +384,34 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, tasks_dir: str | Path
                                         and k in old.metric_options else v for k, v in new.metric_options.items()}
             tasks[name] = old.model_copy(update=update)
     return save_checkpoint(dst, ckpt.model, ckpt.codec, tasks, ckpt.run, dtype=getattr(torch, dtype))
+
+
+def spec_data_problems(spec: TaskSpec, data_root: str | Path = "data", *, max_records: int = 50) -> list[str]:
+    """What ``tasks check`` reports when a spec's store is there: each template placeholder, target,
+    input, ``each`` or ``where`` field that none of the first ``max_records`` records of the spec's
+    eval store (else its train store) has, named with the spec's file and field. No store: nothing."""
+    from .data.store import StoreError
+    from .tasks.examples import missing_fields
+
+    for split in dict.fromkeys((spec.splits.eval, spec.splits.train)):
+        store_dir = Path(data_root) / spec.data / split
+        if not (store_dir / "data.mdb").exists():
+            continue
+        try:
+            store = RecordStore(store_dir, check_world=False)  # only which fields exist is looked at
+            try:
+                records = [store[i] for i in range(min(max_records, len(store)))]
+            finally:
+                store.close()
+        except StoreError:  # unfinished or of another version: it shows nothing about the spec
+            continue
+        known = f"record fields: {', '.join(sorted({k for r in records for k in r}))}"
+        if spec.each:
+            items = set()
+            for r in records:
+                value = r.get(spec.each)
+                items.update(k for it in (value if isinstance(value, list) else []) if isinstance(it, dict) for k in it)
+            known += f"; {spec.each!r} item fields: {', '.join(sorted(items))}" if items else ""
+        return [f"{spec.source}: field '{field}': {path!r} is not a field of the records in {store_dir} (none of "
+                f"the first {len(records)} has it; {known})" for field, path in missing_fields(spec, records)]
+    return []

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from .errors import UniTokError
+
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
+class RegistryError(UniTokError, KeyError):
     """A lookup of an unknown name, or a second registration of a known one."""
 
     def __str__(self) -> str:  # KeyError would print the message in quotes

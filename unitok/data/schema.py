@@ -75,6 +75,32 @@ def decode_rgb(data: bytes, *, what: str = "image") -> np.ndarray:
     """Decode image bytes (any format PIL reads) to HxWx3 uint8."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.asarray(to_rgb(img))
     except Exception as e:
         raise ValueError(f"{what}: not a decodable image ({e})") from e
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any image PIL opens as 8-bit RGB, with its values rescaled rather than clipped.
+
+    PIL's own ``convert("RGB")`` clips 16-bit and integer images at 255 (a 16-bit PNG turns all
+    white) and float images too. Here 16-bit and ``I`` (32-bit integer, which is how 16-bit files
+    often open) images are read on the 16-bit scale, 0-65535 -> 0-255; float (``F``) images as
+    [0, 1] when every value is in [0, 1], else as PIL's 0-255 scale, clipped. Alpha is dropped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        if img.mode == "F":
+            scale = 255.0 if a.size and a.min() >= 0 and a.max() <= 1 else 1.0
+        else:
+            scale = 255.0 / 65535.0
+        grey = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha: PIL converts these only via their plain forms
+        img = img.convert(img.mode[:-1] + "A")
+    return img.convert("RGB")

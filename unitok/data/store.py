@@ -19,10 +19,11 @@ from typing import Any, Iterable, Iterator
 import lmdb
 import msgpack
 
+from ..errors import UniTokError
 from .schema import META_KEY, SCHEMA_VERSION
 
 
-class StoreError(ValueError):
+class StoreError(UniTokError, ValueError):
     """A store is missing, from another schema version, or holds a corrupt value."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .schema import to_rgb
 from .store import RecordStore
 
 # Distinct, readable on dark and light backgrounds; object k gets PALETTE[k % len(PALETTE)].
@@ -52,13 +53,15 @@ def _short(value: Any, width: int = 100) -> str:
 
 
 def inspect(path: str | os.PathLike, *, limit: int | None = None) -> str:
-    """What a store holds: record count, every field (and sub-field of lists of maps) with its types and
-    how many records have it, categories and the rest of the metadata. ``limit`` scans only the first
-    records of a large store."""
+    """What a store holds: record count, every field (and sub-field of lists of maps) with its types, how
+    many records have it and, for a list, how many items the lists hold in all (captions, questions, not
+    only the records that have them), categories and the rest of the metadata. ``limit`` scans only the
+    first records of a large store."""
     store = RecordStore(path, check_world=False)  # a store of an older world version can be inspected
     fields: dict[str, tuple[Counter, int]] = {}  # field -> (types, records having it)
     items: dict[str, tuple[Counter, int]] = {}  # list.subfield -> (types, items having it)
-    list_sizes: Counter = Counter()
+    list_sizes: Counter = Counter()  # field or list.subfield -> items of its lists, in all
+    things: Counter = Counter()  # ... that are not numbers: 0 for boxes and other vectors
     scanned = 0
     for record in _records(store, limit):
         scanned += 1
@@ -66,27 +69,38 @@ def inspect(path: str | os.PathLike, *, limit: int | None = None) -> str:
             types, n = fields.get(key, (Counter(), 0))
             types[_kind(value)] += 1
             fields[key] = (types, n + 1)
-            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            if isinstance(value, list):
                 list_sizes[key] += len(value)
+                things[key] += sum(not isinstance(v, (int, float)) for v in value)
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 for entry in value:
                     for sub, subvalue in entry.items():
                         name = f"{key}[].{sub}"
                         types, n = items.get(name, (Counter(), 0))
                         types[_kind(subvalue)] += 1
                         items[name] = (types, n + 1)
+                        if isinstance(subvalue, list):
+                            list_sizes[name] += len(subvalue)
+                            things[name] += sum(not isinstance(v, (int, float)) for v in subvalue)
     meta = store.meta
     lines = [f"store      {store.path}",
              f"dataset    {meta.get('dataset', '?')}",
              f"records    {len(store)}" + (f" (scanned the first {scanned})" if scanned < len(store) else ""),
-             f"schema     v{meta.get('schema_version')}", "", "fields (records having it / scanned):"]
+             f"schema     v{meta.get('schema_version')}", "",
+             "fields (records having it / scanned; a list's items in all those records):"]
+
+    def count(name: str) -> str:  # lists of things (captions, questions) are counted, of numbers (boxes) not
+        numbers_only = list_sizes[name] and not things[name]
+        return f"{list_sizes[name]} items" if name in list_sizes and not numbers_only else ""
+
     for key, (types, n) in fields.items():
-        lines.append(f"  {key:<28} {n:>7}/{scanned:<7} {', '.join(t for t, _ in types.most_common())}")
+        lines.append(f"  {key:<28} {n:>7}/{scanned:<7} {count(key):>13}  {', '.join(t for t, _ in types.most_common())}")
     if items:
         lines.append("")
-        lines.append("list entries (entries having it / all entries of that list):")
+        lines.append("list entries (entries having it / all entries of that list; a list's items in all):")
         for name, (types, n) in items.items():
             total = list_sizes[name.split("[]")[0]]
-            lines.append(f"  {name:<28} {n:>7}/{total:<7} {', '.join(t for t, _ in types.most_common())}")
+            lines.append(f"  {name:<28} {n:>7}/{total:<7} {count(name):>13}  {', '.join(t for t, _ in types.most_common())}")
     categories = meta.get("categories") or []
     lines += ["", f"categories ({len(categories)}): " + (", ".join(map(str, categories[:60]))
                                                          + (" ..." if len(categories) > 60 else ""))]
@@ -150,7 +164,7 @@ def show(path: str | os.PathLike, index: int, out_png: str | os.PathLike, scale:
         raise IndexError(f"{store.path}: index {index} out of range for {len(store)} records")
     record = store[index]
     store.close()
-    image = _decode(record["image"]).convert("RGB")
+    image = to_rgb(_decode(record["image"]))  # 16-bit images rescaled, not clipped to white
     w, h = image.size
     s = max(1e-3, min(float(scale), max_side / max(w, h)))
     size = (max(1, round(w * s)), max(1, round(h * s)))

@@ -33,7 +33,7 @@ coco_map           Boxes                   Boxes                                
 caption            Text                    list[str]                                  cider
 vqa_accuracy       Text / Label            list[str] of human answers (or one str)    accuracy
 grounding_acc@T    Region / Box            Region / Box                               acc@T
-accuracy           Label / Text            str                                        accuracy
+accuracy           Label / Text            str or list[str] (option ``references``)   accuracy
 miou               DenseMap(segmentation)  DenseMap                                   miou
 depth              DenseMap(depth)         DenseMap                                   delta1
 retrieval          1-D candidate scores    int, index of the true candidate          r@1

@@ -1,17 +1,22 @@
 """Decoding settings: a task spec's ``decoding:`` section, overridable per call.
 
 ``DecodingOptions.from_spec(spec.decoding, temperature=0.7)`` starts from the spec and replaces
-fields; an unknown field fails naming the known ones. ``RowSettings`` turns the options of the rows
-of one batch (rows may come from different tasks) into per-row tensors, so the decoding loop
-applies every row's settings in one tensor operation.
+fields; an unknown field, a value of the wrong type (``max_tokens=2.5``, ``seed="x"``) or out of
+bounds fails with a ``DecodingError`` naming the key (and, for an unknown one, the known ones).
+``RowSettings`` turns the options of the rows of one batch (rows may come from different tasks) into
+per-row tensors, so the decoding loop applies every row's settings in one tensor operation.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
+
+from ..errors import DecodingError
 
 STRATEGIES = ("greedy", "beam", "sample", "score")
 
@@ -30,7 +35,9 @@ class DecodingOptions:
     seed: int | None = None  # sampling; None: torch's global generator
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self._type_problems()
+        if problems:  # bounds below compare numbers: a wrongly typed value is reported alone
+            raise DecodingError("decoding options: " + "; ".join(problems))
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.max_tokens < 1:
@@ -50,7 +57,29 @@ class DecodingOptions:
         if self.guidance_scale and self.strategy == "beam" and self.beam_size > 1:
             problems.append("classifier-free guidance works with greedy or sample decoding, not beam search")
         if problems:
-            raise ValueError("decoding options: " + "; ".join(problems))
+            raise DecodingError("decoding options: " + "; ".join(problems))
+
+    def _type_problems(self) -> list[str]:
+        """Each field's value must be of its type: an int field takes no 2.5 (nor True), a float
+        field a finite number, ``seed`` an int or None."""
+        problems = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kind = {"int": "an integer", "float": "a finite number", "str": "a string",
+                    "int | None": "an integer or null"}[f.type]
+            if v is None and f.type == "int | None":
+                continue
+            if f.type == "str":
+                ok = isinstance(v, str)
+            elif isinstance(v, bool) or not isinstance(v, numbers.Real):
+                ok = False
+            elif f.type == "float":
+                ok = math.isfinite(v)
+            else:
+                ok = isinstance(v, numbers.Integral)
+            if not ok:
+                problems.append(f"{f.name} must be {kind}, got {v!r}")
+        return problems
 
     @classmethod
     def from_spec(cls, decoding, **overrides) -> DecodingOptions:
@@ -62,8 +91,14 @@ class DecodingOptions:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise TypeError(f"unknown decoding option(s) {unknown}; known: {sorted(known)}")
+            raise DecodingError(f"unknown decoding option(s) {unknown}; known: {self.usage()}")
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None or k == "seed"})
+
+    @classmethod
+    def usage(cls) -> str:
+        """Every option with what it takes, for error messages: ``strategy (greedy|beam|...), max_tokens (int), ...``."""
+        kinds = {"str": "|".join(STRATEGIES), "int | None": "int or null"}
+        return ", ".join(f"{f.name} ({kinds.get(f.type, f.type)})" for f in fields(cls))
 
     @property
     def samples(self) -> bool:

@@ -27,7 +27,7 @@ def depth_colormap(depth: np.ndarray) -> np.ndarray:
 
 
 def segmentation_overlay(image: Image.Image, classes: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    base = np.asarray(load_image(image), dtype=np.float32)
     cls = np.asarray(Image.fromarray(classes.astype(np.uint8)).resize(image.size, Image.NEAREST))
     colours = np.array([(0, 0, 0)] + PALETTE, np.float32)[np.clip(cls, 0, len(PALETTE))]
     mask = (cls > 0)[..., None]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..errors import UniTokError
+
 # Fixed small ids. Reserved slots keep ids stable when a special is added later.
 SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<sep>", "<noise>", "<mask>", "<null>")
 NUM_SPECIAL_SLOTS = 32
@@ -19,7 +21,7 @@ PAD, EOS, BOS, UNK, SEP, NOISE, MASK, NULL = range(len(SPECIALS))
 BLOCK_ORDER = ("specials", "text", "coords", "image", "dense")
 
 
-class VocabularyMismatch(ValueError):
+class VocabularyMismatch(UniTokError, ValueError):
     """A checkpoint or tokenizer asset was made for another vocabulary layout."""
 
 

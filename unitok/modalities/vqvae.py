@@ -29,11 +29,13 @@ import torch.nn as nn
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
+from ..errors import UniTokError
+
 FORMAT_VERSION = 1
 MAP_KINDS = ("segmentation", "mask", "depth")
 
 
-class TokenizerSpecError(ValueError):
+class TokenizerSpecError(UniTokError, ValueError):
     """An asset or an expected spec does not match this tokenizer."""
 
 

@@ -17,13 +17,14 @@ import torch
 from ..modalities.codec import Codec
 from ..modalities.image import image_tensor, load_image
 from ..modalities.vocab import BOS, EOS, PAD
+from ..errors import UniTokError
 from .formats import FORMATS, FormatContext, TargetFormat
 from .spec import TaskSpec
 
 _MISSING = object()
 
 
-class ExampleError(ValueError):
+class ExampleError(UniTokError, ValueError):
     """A record lacks a field the task needs, or a prompt is too long."""
 
 
@@ -65,6 +66,46 @@ def matches(where: dict[str, Any] | None, record: dict, item: Any = None) -> boo
         if not any(value == w or str(value) == str(w) for w in options):
             return False
     return True
+
+
+def missing_fields(spec: TaskSpec, records: list[dict]) -> list[tuple[str, str]]:
+    """The field paths ``spec`` reads that none of ``records`` has, as ``(spec field, path)`` pairs, e.g.
+    ``("prompt", "colour")`` for a template's ``{colour}``: what ``tasks check`` reports before a run
+    fails on it. Paths are looked up as a build does (the ``each`` item first, then the record) over
+    the examples that pass ``where``; placeholders the target format fills itself (``{masked}``) and a
+    ``{region}`` drawn from ``inputs.region`` are not record fields. No example: nothing to judge."""
+    if not records:
+        return []
+    supplied = set(FORMATS.get(spec.target.format).prompt_fields) | ({"region"} if spec.inputs.region else set())
+    wanted = [("prompt", p) for p in sorted(spec.placeholders() - supplied)]
+    wanted += [("target.field", spec.target.field)]
+    wanted += [("target.reference", spec.target.reference)] if spec.target.reference else []
+    wanted += [(f"inputs.{slot}", getattr(spec.inputs, slot)) for slot in ("image", "image2", "video", "region")
+               if getattr(spec.inputs, slot)]
+    examples = []
+    for record in records:
+        try:
+            items = [None] if spec.each is None else list(resolve(spec.each, record))
+        except (KeyError, TypeError):
+            continue
+        examples += [(record, item) for item in items]
+    if not examples:
+        return [("each", spec.each)]
+
+    def has(path: str, pairs) -> bool:
+        for record, item in pairs:
+            try:
+                resolve(path, record, item)
+                return True
+            except KeyError:
+                pass
+        return False
+
+    missing = [("where", path) for path in (spec.where or {}) if not has(path, examples)]
+    kept = [(r, it) for r, it in examples if matches(spec.where, r, it)] if spec.where else examples
+    if not kept:  # no example passes the filter: the fields cannot be judged (a missing filter field is named)
+        return missing
+    return missing + [(field, path) for field, path in wanted if not has(path, kept)]
 
 
 @dataclass

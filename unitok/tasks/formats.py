@@ -7,6 +7,7 @@ Registry contract (``FORMATS``): a registered class is instantiated with no argu
     decode(ids, ctx, logprobs=None) -> output        a structured output from ``outputs``
     reference(value, ctx) -> reference               what the task's evaluator compares against
     grammar(ctx) -> Grammar                          the DFA every generated sequence obeys
+    prompt_fields: tuple[str, ...]                   placeholders ``split`` fills (not record fields)
 
 ``value`` is what ``target.field`` resolved to in the record (or the ``each`` item).
 """
@@ -41,6 +42,8 @@ class FormatContext:
 
 
 class TargetFormat:
+    prompt_fields: tuple[str, ...] = ()  # template placeholders this format's ``split`` supplies
+
     def check(self, target: Target) -> list[tuple[str, str]]:
         return []
 
@@ -399,6 +402,8 @@ class MaskedTextFormat(TargetFormat):
     ``{masked}`` receives the text with one ``<mask>`` per span, and the target is each span after its
     own ``<mask>``: ``<mask> red circle <mask> left``. Evaluation masks deterministically per record.
     """
+
+    prompt_fields = ("masked",)
 
     def split(self, value, ctx, rng):
         if isinstance(value, (list, tuple)):

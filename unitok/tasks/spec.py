@@ -18,8 +18,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..errors import UniTokError
 
-class TaskSpecError(ValueError):
+
+class TaskSpecError(UniTokError, ValueError):
     """A task spec file is malformed; the message names the file and the field."""
 
 
@@ -143,9 +145,15 @@ def parse_task(data: object, *, source: str, formats=None) -> TaskSpec:
 def load_task(path: str | Path, *, formats=None) -> TaskSpec:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise TaskSpecError(f"{path}: task spec file not found") from None
+    except UnicodeDecodeError as e:
+        raise TaskSpecError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); a task spec is YAML text") from None
+    except OSError as e:
+        raise TaskSpecError(f"{path}: cannot be read ({e.strerror})") from None
+    if "\x00" in text:
+        raise TaskSpecError(f"{path}: a binary file (it holds NUL bytes); a task spec is YAML text")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -163,11 +171,17 @@ def load_tasks(directory: str | Path, names: list[str] | None = None, *, formats
     for n in names:
         if n not in files:
             raise TaskSpecError(f"unknown task {n!r}: no {directory / (n + '.yaml')}; known tasks: {', '.join(files) or 'none'}")
-        spec = load_task(files[n], formats=formats)
-        if spec.name != n:
-            raise TaskSpecError(f"{files[n]}: field 'name': {spec.name!r} must match the file name {n!r}")
-        out[n] = spec
+        out[n] = check_file_name(load_task(files[n], formats=formats), files[n])
     return out
+
+
+def check_file_name(spec: TaskSpec, path: str | Path) -> TaskSpec:
+    """A spec's ``name`` must be its file's name (``tasks/caption.yaml`` holds ``name: caption``): tasks are
+    looked up by file name, so a spec whose name differs could never be found by it."""
+    stem = Path(path).stem
+    if spec.name != stem:
+        raise TaskSpecError(f"{path}: field 'name': {spec.name!r} must match the file name {stem!r}")
+    return spec
 
 
 def dump_task(spec: TaskSpec) -> str:

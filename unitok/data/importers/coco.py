@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from collections.abc import Iterator
 
-from .common import (BOX_TOLERANCE, BadInput, check_box, coco_mask, load_json, mask_png, read_image, require,
-                     resolve, write_records)
+from .common import (BOX_TOLERANCE, BadInput, check_box, coco_mask, format_hint, guess_format, load_json, mask_png,
+                     read_image, require, resolve, write_records)
 from .report import DataImportError, ImportReport, Reporter
 
 
@@ -26,7 +26,12 @@ class CocoInstances:
     def __init__(self, path: str | os.PathLike, reporter: Reporter, *, need_annotations: bool = True):
         self.path = Path(path)
         self.reporter = reporter
-        data = load_json(self.path)
+        expected = "coco" if need_annotations else "coco_captions"
+        data = load_json(self.path, expected=(expected,))
+        guess = guess_format(data)
+        if guess not in (None, expected):  # it would fail on its first entry: say which importer it is for
+            what = "instances" if need_annotations else "captions"
+            raise DataImportError(self.path, "", f"not a COCO {what} file{format_hint(self.path, guess)}")
         if not isinstance(data, dict):
             raise DataImportError(self.path, "", f"top level is a {type(data).__name__}, expected an object")
         self.images: dict[int, dict] = {}  # id -> image entry, in file order

@@ -26,8 +26,66 @@ class BadInput(ValueError):
     """One item's problem; the importer turns it into a report entry naming the file and the item."""
 
 
-def load_json(path: str | os.PathLike) -> Any:
-    """Parse a whole JSON file; a missing or malformed file raises ``DataImportError`` with line/column."""
+# What each source format is, and the command that imports it (for errors that name the right importer).
+FORMATS = {
+    "coco": ("a COCO instances file", "unitok data import coco --instances {path} --images DIR --out OUT"),
+    "coco_captions": ("a COCO captions file",
+                      "unitok data import coco_captions --captions {path} --images DIR --out OUT"),
+    "vqa_questions": ("a VQA v2 questions file",
+                      "unitok data import vqa --questions {path} [--annotations ANNOTATIONS.json] --images DIR --out OUT"),
+    "vqa_annotations": ("a VQA v2 annotations file",
+                        "unitok data import vqa --questions QUESTIONS.json --annotations {path} --images DIR --out OUT"),
+    "refcoco": ("a RefCOCO refs list",
+                "unitok data import refcoco --refs {path} --instances INSTANCES.json --images DIR --out OUT"),
+    "jsonl": ("JSON Lines (one object per line)", "unitok data import jsonl --path {path} --out OUT"),
+}
+
+
+def guess_format(data: Any) -> str | None:
+    """Which of ``FORMATS`` a parsed JSON document looks like, from its top-level keys and first entry."""
+    def first(value):
+        return value[0] if isinstance(value, list) and value and isinstance(value[0], dict) else {}
+
+    if isinstance(data, list):
+        return "refcoco" if {"ref_id", "ann_id", "sentences"} & set(first(data)) else None
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("questions"), list):
+        return "vqa_questions"
+    if isinstance(data.get("refs"), list):
+        return "refcoco"
+    ann = first(data.get("annotations"))
+    if "multiple_choice_answer" in ann or ("question_id" in ann and "answers" in ann):
+        return "vqa_annotations"
+    if "caption" in ann:
+        return "coco_captions"
+    if {"bbox", "category_id", "segmentation"} & set(ann):
+        return "coco"
+    if isinstance(data.get("image"), str):
+        return "jsonl"  # one record of the JSON Lines form
+    return None
+
+
+def format_hint(path: str | os.PathLike, kind: str | None, expected: tuple[str, ...] = ()) -> str:
+    """``"; it looks like <format>: use `<command>`"``, or "" when the guess is unknown or expected."""
+    if kind is None or kind in expected:
+        return ""
+    what, command = FORMATS[kind]
+    return f"; it looks like {what}: use `{command.format(path=path)}`"
+
+
+def _looks_like_json_lines(text: str) -> bool:
+    """Whether the first non-blank line of ``text`` is a whole JSON object on its own."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def load_json(path: str | os.PathLike, *, expected: tuple[str, ...] = ()) -> Any:
+    """Parse a whole JSON file; a missing or malformed file raises ``DataImportError`` with line/column.
+    A JSON Lines file (``expected`` not including ``"jsonl"``) gets a hint naming the JSONL importer."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -38,7 +96,8 @@ def load_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataImportError(path, f"line {e.lineno} column {e.colno}", f"malformed JSON ({e.msg})") from e
+        hint = format_hint(path, "jsonl", expected) if _looks_like_json_lines(text) else ""
+        raise DataImportError(path, f"line {e.lineno} column {e.colno}", f"malformed JSON ({e.msg}){hint}") from e
 
 
 def require(obj: Any, key: str, types: type | tuple[type, ...], what: str) -> Any:

@@ -13,12 +13,28 @@ folder) and any record fields. The fields the tasks read are checked; anything e
 Boxes are pixel xyxy (pixel-edge convention). ``mask`` / ``segmentation`` / ``depth`` are paths to
 PNG files (single channel; depth 16-bit millimetres); masks are stored as L PNG, 255 = object. A
 ref or region that names an ``object`` but no ``box`` takes the object's box.
+
+A *question line* (a ``question`` key, no ``vqa`` list) is one question of an image, the flat form
+many VQA-style sets ship in:
+
+    {"image": "a.png", "question": "how many cats?", "answer": "2", "question_type": "count"}
+
+Question lines with the same image become one record, with the questions in ``vqa`` in line order
+(the native form, as the VQA v2 importer writes it), so an image is stored once. In a question line
+the record fields (``id``, ``width``, ``height``, ``objects``, ``captions``, ``refs``, ``regions``,
+``segmentation``, ``depth``) belong to the image and must agree between its lines; every other key
+belongs to the question. Such a record's default id is ``<file stem>-<its first line>``.
+
+When any record has questions, the metadata lists the answer vocabulary (``answers``: every ``answer``,
+most frequent first, for ``choices: meta:answers``) and ``answer_types`` (the ``type`` values, in order
+of first appearance), as the VQA v2 importer does.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +42,53 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .common import BOX_TOLERANCE, BadInput, check_box, mask_png, read_image, read_map, require, resolve, write_records
+from .common import (BOX_TOLERANCE, BadInput, check_box, format_hint, guess_format, mask_png, read_image, read_map,
+                     require, resolve, write_records)
 from .report import DataImportError, ImportReport, Reporter
 
 _RESERVED = ("image", "id", "width", "height", "objects", "captions", "refs", "regions", "vqa",
              "segmentation", "depth")
+# In a question line, these are the image's (shared by its lines); every other key is the question's.
+_IMAGE_FIELDS = tuple(k for k in _RESERVED if k not in ("image", "vqa"))
+
+
+class _QuestionGroup:
+    """The question lines of one image, merged into one record's worth of fields."""
+
+    def __init__(self, image: str, lineno: int):
+        self.image = image
+        self.lines: list[int] = [lineno]  # first line first
+        self.fields: dict[str, Any] = {}  # the image's fields, as the lines give them
+        self.given: dict[str, int] = {}  # field -> the line that first gave it
+        self.questions: list[dict] = []
+
+    def add(self, lineno: int, obj: dict, question: dict) -> None:
+        """Merge one line; a record field that differs from an earlier line's is that line's problem."""
+        for key in _IMAGE_FIELDS:
+            if key in obj and key in self.fields and obj[key] != self.fields[key]:
+                raise BadInput(f"{key} {_short(obj[key])} differs from {_short(self.fields[key])} on line "
+                               f"{self.given[key]}, a question of the same image ({self.image})")
+        if lineno != self.lines[0]:
+            self.lines.append(lineno)
+        for key in _IMAGE_FIELDS:
+            if key in obj and key not in self.fields:
+                self.fields[key], self.given[key] = obj[key], lineno
+        self.questions.append(question)
+
+    def record_object(self) -> dict:
+        return {"image": self.image, **self.fields, "vqa": self.questions}
+
+    def item(self) -> str:
+        """How a report names the group: its line(s)."""
+        if len(self.lines) == 1:
+            return f"line {self.lines[0]}"
+        more = f" and {len(self.lines) - 4} more" if len(self.lines) > 4 else ""
+        return f"lines {', '.join(map(str, self.lines[:4]))}{more} (the questions of {self.image})"
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 class _LineParser:
@@ -88,7 +146,7 @@ class _LineParser:
             record["regions"] = [self._linked(r, objects, width, height, f"regions[{k}]", "description")
                                  for k, r in enumerate(require(obj, "regions", list, "line"))]
         if "vqa" in obj:
-            record["vqa"] = [self._vqa(q, f"vqa[{k}]") for k, q in enumerate(require(obj, "vqa", list, "line"))]
+            record["vqa"] = [self.question(q, f"vqa[{k}]") for k, q in enumerate(require(obj, "vqa", list, "line"))]
         if "segmentation" in obj:
             record["segmentation"] = self._segmentation(obj["segmentation"], width, height)
         if "depth" in obj:
@@ -118,7 +176,7 @@ class _LineParser:
         out["box"] = check_box(out["box"], width, height, f"{what}.box", self.tolerance)
         return out
 
-    def _vqa(self, q: Any, what: str) -> dict:
+    def question(self, q: Any, what: str) -> dict:
         require(q, "question", str, what)
         require(q, "answer", str, what)
         if "type" in q:
@@ -138,6 +196,18 @@ class _LineParser:
         return png
 
 
+def _refuse_json_document(path: Path) -> None:
+    """Line 1 is not JSON on its own: if the whole file is one JSON document (COCO, VQA v2, ...), say
+    which importer reads it, since every line would otherwise be reported as malformed."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return
+    hint = format_hint(path, guess_format(data), ("jsonl",))
+    raise DataImportError(path, "", "one JSON document, not JSON Lines (one record object per line)"
+                          + (hint or "; write each record as one JSON object on its own line"))
+
+
 def _decode_l(png: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(png)) as img:
         return np.asarray(img)
@@ -146,7 +216,8 @@ def _decode_l(png: bytes) -> np.ndarray:
 def import_jsonl(path: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,
                  categories: list[str] | None = None, dataset: str | None = None, skip_bad: bool = False,
                  box_tolerance: float = BOX_TOLERANCE) -> ImportReport:
-    """Import a JSONL file (one record per line) into a new store at ``out``.
+    """Import a JSONL file (one record per line, or one question per line: see the module docstring)
+    into a new store at ``out``.
 
     ``categories`` fixes the category list (an object of another category is bad input, and
     segmentation class k means ``categories[k-1]``); without it categories are listed in order of
@@ -169,28 +240,80 @@ def import_jsonl(path: str | os.PathLike, out: str | os.PathLike, *, images: str
         },
     }
 
-    def records() -> Iterator[dict]:
-        ids: set[str] = set()
+    def parse(raw: bytes, first: bool) -> Any:
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise BadInput(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            if first:
+                _refuse_json_document(path)
+            raise BadInput(f"malformed JSON at column {e.colno} ({e.msg})") from None
+        if first and isinstance(obj, dict) and "image" not in obj:  # a data set's JSON file on one line
+            hint = format_hint(path, guess_format(obj), ("jsonl",))
+            if hint:
+                raise DataImportError(path, "", f"one JSON document, not JSON Lines (one record object per line){hint}")
+        return obj
+
+    def lines() -> list[tuple[int, dict] | _QuestionGroup]:
+        """Every record to write, in order of its first line: a plain line, or a group of question lines."""
+        entries: list[tuple[int, dict] | _QuestionGroup] = []
+        groups: dict[str, _QuestionGroup] = {}
         with path.open("rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
                 try:
-                    try:
-                        obj = json.loads(raw.decode("utf-8"))
-                    except UnicodeDecodeError as e:
-                        raise BadInput(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-                    except json.JSONDecodeError as e:
-                        raise BadInput(f"malformed JSON at column {e.colno} ({e.msg})") from None
-                    record, reencoded = parser.record(obj, f"{path.stem}-{lineno}")
-                    if record["id"] in ids:
-                        raise BadInput(f"id {record['id']!r} repeats an earlier line's")
+                    obj = parse(raw, first=not entries and not report.bad)
+                    if not (isinstance(obj, dict) and "question" in obj):
+                        entries.append((lineno, obj))
+                        continue
+                    if "vqa" in obj:
+                        raise BadInput("has both 'question' (a question line) and 'vqa' (a record's question list)")
+                    question = parser.question({k: v for k, v in obj.items() if k not in _RESERVED}, "line")
+                    image = parser._path(obj.get("image"), "image")
+                    key = os.path.normpath(image)
+                    group = groups.get(key)
+                    if group is None:
+                        group = _QuestionGroup(obj["image"], lineno)
+                        group.add(lineno, obj, question)
+                        groups[key] = group
+                        entries.append(group)
+                    else:
+                        group.add(lineno, obj, question)
                 except BadInput as e:
                     reporter.bad(path, f"line {lineno}", str(e))
-                    continue
-                parser.commit()
-                ids.add(record["id"])
-                report.reencoded_images += reencoded
-                yield record
+        return entries
+
+    answers: Counter[str] = Counter()
+    answer_types: dict[str, None] = {}
+
+    def records() -> Iterator[dict]:
+        ids: set[str] = set()
+        for entry in lines():
+            if isinstance(entry, _QuestionGroup):
+                first, obj, item = entry.lines[0], entry.record_object(), entry.item()
+                skipped = f"; skipped with its {len(entry.questions)} questions"
+            else:
+                (first, obj), skipped = entry, ""
+                item = f"line {first}"
+            try:
+                record, reencoded = parser.record(obj, f"{path.stem}-{first}")
+                if record["id"] in ids:
+                    raise BadInput(f"id {record['id']!r} repeats an earlier line's")
+            except BadInput as e:
+                reporter.bad(path, item, f"{e}{skipped}")
+                continue
+            parser.commit()
+            ids.add(record["id"])
+            report.reencoded_images += reencoded
+            for q in record.get("vqa", []):
+                answers[q["answer"]] += 1
+                if "type" in q:
+                    answer_types.setdefault(q["type"])
+            yield record
+        if answers:  # read after the records (write_records): the answer vocabulary, as the VQA importer has it
+            meta["answers"] = [a for a, _ in sorted(answers.items(), key=lambda kv: (-kv[1], kv[0]))]
+            meta["answer_types"] = list(answer_types)
 
     return write_records(out, meta, records(), report)

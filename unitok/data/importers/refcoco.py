@@ -14,7 +14,7 @@ from pathlib import Path
 from collections.abc import Iterator
 
 from .coco import CocoInstances
-from .common import BOX_TOLERANCE, BadInput, load_json, require, resolve, write_records
+from .common import BOX_TOLERANCE, BadInput, format_hint, guess_format, load_json, require, resolve, write_records
 from .report import DataImportError, ImportReport, Reporter
 
 
@@ -38,11 +38,12 @@ def import_refcoco(refs: str | os.PathLike, instances: str | os.PathLike, images
     refs, images_dir = Path(refs), Path(images)
     report = ImportReport(kind="refcoco", out=str(out))
     reporter = Reporter(report, skip_bad)
-    ref_list = load_json(refs)
+    ref_list = load_json(refs, expected=("refcoco",))
     if isinstance(ref_list, dict) and isinstance(ref_list.get("refs"), list):
         ref_list = ref_list["refs"]
     if not isinstance(ref_list, list):
-        raise DataImportError(refs, "", "expected a JSON list of refs (or an object with a 'refs' list)")
+        raise DataImportError(refs, "", "expected a JSON list of refs (or an object with a 'refs' list)"
+                              + format_hint(refs, guess_format(ref_list), ("refcoco",)))
     inst = CocoInstances(instances, reporter)
     ann_image = {a["id"]: image_id for image_id, anns in inst.annotations.items() for a in anns}
 

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from .common import BadInput, load_json, read_image, require, resolve, write_records
+from .common import BadInput, format_hint, guess_format, load_json, read_image, require, resolve, write_records
 from .report import DataImportError, ImportReport, Reporter
 
 # The file names of the official release, e.g. COCO_val2014_000000000042.jpg.
@@ -21,7 +21,8 @@ DEFAULT_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
 
 def _entries(path: Path, data, key: str) -> list:
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise DataImportError(path, "", f"expected an object with a {key!r} list (VQA v2 format)")
+        hint = format_hint(path, guess_format(data), (f"vqa_{key}",))
+        raise DataImportError(path, "", f"expected an object with a {key!r} list (VQA v2 format){hint}")
     return data[key]
 
 
@@ -52,7 +53,7 @@ def import_vqa(questions: str | os.PathLike, images: str | os.PathLike, out: str
     questions, images_dir = Path(questions), Path(images)
     report = ImportReport(kind="vqa", out=str(out))
     reporter = Reporter(report, skip_bad)
-    qdata = load_json(questions)
+    qdata = load_json(questions, expected=("vqa_questions",))
     qlist = _entries(questions, qdata, "questions")
     subtype = qdata.get("data_subtype")
     pattern = image_pattern or DEFAULT_IMAGE_PATTERN
@@ -62,7 +63,8 @@ def import_vqa(questions: str | os.PathLike, images: str | os.PathLike, out: str
     answers_by_qid: dict[int, dict] = {}
     if annotations is not None:
         annotations = Path(annotations)
-        for k, ann in enumerate(_entries(annotations, load_json(annotations), "annotations")):
+        entries = _entries(annotations, load_json(annotations, expected=("vqa_annotations",)), "annotations")
+        for k, ann in enumerate(entries):
             item = f"question {ann.get('question_id', f'[{k}]')}" if isinstance(ann, dict) else f"annotations[{k}]"
             try:
                 entry = _annotation(ann, item)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from unitok.checkpoint import COMPLETE, CheckpointError, load_checkpoint, recover_dir, save_checkpoint
 from unitok.cli import build_parser
 from unitok.config import ConfigError, load_config
+from unitok.errors import UniTokError
 from unitok.modalities.codec import Codec
 from unitok.modalities.text import TextTokenizer
 from unitok.model.config import ModelConfig
@@ -90,6 +91,30 @@ def _png() -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.parametrize("objects, says", [
+    ("abc", "TypeError"),                                       # not a list of objects
+    ([{"box": [1, 2, 9, 9]}], "KeyError: category"),            # an object without its label
+    ([{"box": [1, 2, 3], "category": "circle"}], "expected 4"),  # a box of three numbers
+])
+def test_a_record_of_the_wrong_shape_names_the_record_and_the_field(codec, objects, says):
+    """A record that decodes but whose field has the wrong shape fails naming task, record and field, in
+    training (rng) and in evaluation alike, not with a bare TypeError from inside the format."""
+    spec = load_task(REPO / "tasks" / "detection.yaml", formats=FORMATS)
+    builder = ExampleBuilder(spec, codec, image_size=16, max_prompt_len=64, max_target_len=128)
+    record = {"id": "rec-7", "image": _png(), "width": 8, "height": 8, "objects": objects}
+    for rng in (np.random.default_rng(0), None):
+        with pytest.raises(ExampleError, match=rf"task detection .*record 'rec-7': field 'objects' .*{says}"):
+            builder.build(record, rng=rng)
+
+
+def test_a_corrupt_image_in_a_record_names_the_record(codec):
+    spec = load_task(REPO / "tasks" / "caption.yaml", formats=FORMATS)
+    builder = ExampleBuilder(spec, codec, image_size=16, max_prompt_len=64)
+    with pytest.raises(UniTokError, match=r"record 'rec-3' image: not a readable image"):
+        builder.build({"id": "rec-3", "image": b"\x89PNG half a file", "captions": ["a red circle"]},
+                      rng=np.random.default_rng(0))
+
+
 # -- configs and the command line -------------------------------------------------------------------------------
 
 def test_repeated_set_flags_all_apply():
@@ -106,6 +131,20 @@ def test_repeated_set_flags_all_apply():
 def test_config_mistakes_name_the_field(overrides, names):
     with pytest.raises(ConfigError, match=names):
         load_config(TINY, overrides)
+
+
+@pytest.mark.parametrize("text, overrides, says", [
+    ("model: {d_model: 3\ntrain: [", {}, r"bad.yaml: not valid YAML"),
+    (None, {"train.stepz": 3}, r"field 'train.stepz': Extra inputs are not permitted"),
+    (None, {"train.steps": -3}, r"field 'train.steps': Input should be greater than or equal to 1"),
+])
+def test_a_malformed_config_file_or_field_is_named(tmp_path, text, overrides, says):
+    path = TINY
+    if text is not None:
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=says):
+        load_config(path, overrides)
 
 
 def test_older_run_records_with_float32_save_dtype_still_load():
@@ -127,6 +166,39 @@ def test_a_truncated_weights_file_is_named(checkpoint):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"model.safetensors: not a readable safetensors file"):
         load_checkpoint(checkpoint)
+
+
+def test_a_missing_weight_is_named(checkpoint):
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    weights.pop("dec_norm.weight")
+    save_file(weights, str(checkpoint / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: missing weight 'dec_norm.weight'"):
+        load_checkpoint(checkpoint)
+
+
+@pytest.fixture()
+def micro_pipe(codec, tmp_path):
+    """A Pipeline over a micro checkpoint with two tasks and a 16-token prompt budget."""
+    from unitok.inference.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    model = UniTokModel(ModelConfig(vocab_size=codec.vocab.size, d_model=32, n_heads=2, enc_layers=1, dec_layers=1,
+                                    image_size=16, patch_size=4, max_prompt_len=16))
+    tasks = {n: load_task(REPO / "tasks" / f"{n}.yaml", formats=FORMATS) for n in ("caption", "vqa")}
+    return Pipeline.from_pretrained(save_checkpoint(tmp_path / "micro", model, codec, tasks))
+
+
+def test_pipeline_requests_that_cannot_run_name_what_is_wrong(micro_pipe):
+    from unitok.errors import InputError
+    from unitok.inference.pipeline import UnknownPromptError
+
+    with pytest.raises(InputError, match=r"task vqa: prompt of \d+ tokens exceeds the model's max_prompt_len=16"):
+        micro_pipe("question: " + "what colour is the big red circle? " * 10, image=_png())
+    with pytest.raises(UnknownPromptError, match=r"unknown task 'nope'; this checkpoint has: caption, vqa"):
+        micro_pipe("describe the image.", task="nope", image=_png())
+    with pytest.raises(InputError, match=r"^image: not a readable image"):
+        micro_pipe("describe the image.", image=b"\x89PNG garbage")
+    assert isinstance(micro_pipe("describe the image.", image=_png()).text, str)  # nothing broken by the above
 
 
 class _Trap:

@@ -167,3 +167,24 @@ def test_box_readout_reads_the_patches_under_each_written_box_in_every_decoding_
             m.decode_step(target_in[:, i], caches, mask)
         caches[0].reorder(torch.tensor([2, 0, 1]))
         assert caches[0].rows["window"].shape == (3, 4) and caches[0].rows["patches"].shape[0] == 3
+
+
+def test_bf16_autocast_and_a_bf16_model_run_without_dtype_warnings():
+    """Under bf16 autocast (training on a bf16 CPU) and with bf16 weights (an exported bf16 model), every
+    RMSNorm computes in float32 and returns the input's dtype: no torch dtype-mismatch warning, and the
+    float32 model's output is unchanged (same op)."""
+    import warnings
+
+    m = make()
+    p, pm, t, im, imm = inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "Mismatch dtype between input and weight" would raise
+        full = m(p, pm, t, im, imm)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = m(p, pm, t, im, imm)
+        half = make().to(torch.bfloat16)(p, pm, t, im.bfloat16(), imm)
+    assert mixed.dtype == torch.bfloat16 and half.dtype == torch.bfloat16
+    assert (mixed.float() - full).abs().max() < 0.1 * full.abs().max()  # the same function, in bf16
+    norm = m.enc_norm
+    x = torch.randn(4, 64)
+    torch.testing.assert_close(norm(x), torch.nn.functional.rms_norm(x, (64,), norm.weight, norm.eps), rtol=0, atol=0)

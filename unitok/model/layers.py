@@ -22,6 +22,20 @@ def step_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` that also takes a bf16 input (bf16 autocast): the norm is computed in float32
+    and returned in the input's dtype, as Llama's does. torch's own op, given a bf16 input and a
+    float32 weight (or the reverse), falls back to its unfused path and warns; for float32 input and
+    weight this is exactly ``nn.RMSNorm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if x.dtype == torch.float32 and (w is None or w.dtype == torch.float32):
+            return F.rms_norm(x, self.normalized_shape, w, self.eps)
+        w = None if w is None else w.float()  # a bf16 model (--dtype bfloat16) as well
+        return F.rms_norm(x.float(), self.normalized_shape, w, self.eps).to(x.dtype)
+
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """``F.gelu(x, approximate="tanh")``, written as x * sigmoid(2u) where that is faster: it is the
     same function (0.5 * (1 + tanh(u)) = sigmoid(2u); the two differ by float rounding, < 1e-6).
@@ -82,8 +96,8 @@ class Attention(nn.Module):
         self.q = nn.Linear(d, d, bias=False)
         self.kv = nn.Linear(d, 2 * d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
-        self.q_norm = nn.RMSNorm(cfg.head_dim)
-        self.k_norm = nn.RMSNorm(cfg.head_dim)
+        self.q_norm = RMSNorm(cfg.head_dim)
+        self.k_norm = RMSNorm(cfg.head_dim)
         self.dropout = cfg.dropout
 
     def _heads(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
@@ -196,8 +210,8 @@ class MultiwayFFN(nn.Module):
 class EncoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, n_experts: int):
         super().__init__()
-        self.norm1, self.attn = nn.RMSNorm(cfg.d_model), Attention(cfg)
-        self.norm2, self.ffn = nn.RMSNorm(cfg.d_model), MultiwayFFN(cfg, n_experts)
+        self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm2, self.ffn = RMSNorm(cfg.d_model), MultiwayFFN(cfg, n_experts)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), mask=mask)
@@ -207,9 +221,9 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, n_experts: int):
         super().__init__()
-        self.norm1, self.self_attn = nn.RMSNorm(cfg.d_model), Attention(cfg)
-        self.norm2, self.cross_attn = nn.RMSNorm(cfg.d_model), Attention(cfg)
-        self.norm3, self.ffn = nn.RMSNorm(cfg.d_model), MultiwayFFN(cfg, n_experts)
+        self.norm1, self.self_attn = RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm2, self.cross_attn = RMSNorm(cfg.d_model), Attention(cfg)
+        self.norm3, self.ffn = RMSNorm(cfg.d_model), MultiwayFFN(cfg, n_experts)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, expert_ids: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:

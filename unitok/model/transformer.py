@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import ModelConfig
-from .layers import DecoderBlock, EncoderBlock, KVCache, step_linear
+from .layers import DecoderBlock, EncoderBlock, KVCache, RMSNorm, step_linear
 
 # inductor settings for the compiled decoding steps (see ``UniTokModel.compiled``)
 STEP_COMPILE_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False,
@@ -120,9 +120,9 @@ class UniTokModel(nn.Module):
         n_shared = cfg.shared_expert_layers if cfg.multiway else 0
         self.encoder = nn.ModuleList(
             EncoderBlock(cfg, 1 if i >= cfg.enc_layers - n_shared else n_experts) for i in range(cfg.enc_layers))
-        self.enc_norm = nn.RMSNorm(d)
+        self.enc_norm = RMSNorm(d)
         self.decoder = nn.ModuleList(DecoderBlock(cfg, n_experts) for _ in range(cfg.dec_layers))
-        self.dec_norm = nn.RMSNorm(d)
+        self.dec_norm = RMSNorm(d)
         token_expert = torch.zeros(cfg.vocab_size, dtype=torch.long)
         if cfg.multiway:
             for start, end, expert in cfg.expert_ranges:

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import string
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import UniTokError, message
 from ..modalities.codec import Codec
 from ..modalities.image import image_tensor, load_image
 from ..modalities.vocab import BOS, EOS, PAD
-from ..errors import UniTokError
 from .formats import FORMATS, FormatContext, TargetFormat
 from .spec import TaskSpec
 
@@ -226,17 +227,33 @@ class ExampleBuilder:
         prompt = self.prompt_ids(template, record, item, width, height, fields)
         if rng is not None and self.spec.prompt_dropout and rng.random() < self.spec.prompt_dropout:
             prompt = []  # unconditional example for classifier-free guidance
-        target, weights = self.format.encode(value, ctx, rng)
+        with self._shape_of(record, "target.field"):
+            target, weights = self.format.encode(value, ctx, rng)
         if ctx.max_tokens is not None and len(target) > ctx.max_tokens:
             raise ExampleError(f"task {self.spec.name} ({self.spec.source}): record {record.get('id')!r}: target of "
                                f"{len(target) + 1} tokens exceeds the model's max_target_len={self.max_target_len} "
                                f"(target.field {self.spec.target.field!r})")
         reference = None
         if rng is None:
-            reference = (self._field(self.spec.target.reference, record, item, "target.reference")
-                         if self.spec.target.reference else self.format.reference(value, ctx))
+            with self._shape_of(record, "target.field"):
+                reference = (self._field(self.spec.target.reference, record, item, "target.reference")
+                             if self.spec.target.reference else self.format.reference(value, ctx))
         return Example(self.spec.name, prompt, images, target + [EOS], weights + [self.spec.target.eos_weight], width, height,
                        reference, str(record.get("id", "")), patch_mask=ctx.patch_mask)
+
+    @contextmanager
+    def _shape_of(self, record: dict, key: str):
+        """A record whose field decodes but has the wrong shape for the target format (``objects: "abc"``,
+        a box of three numbers) fails naming the task, the record and the field, not deep in the format."""
+        try:
+            yield
+        except ExampleError:
+            raise
+        except (TypeError, KeyError, ValueError, IndexError, AttributeError) as e:
+            path = getattr(self.spec.target, key.split(".")[-1])
+            raise ExampleError(f"task {self.spec.name} ({self.spec.source}): record {record.get('id')!r}: field "
+                               f"{path!r} ({key}) does not have the shape the {self.spec.target.format!r} format reads: "
+                               f"{type(e).__name__}: {message(e)}") from None
 
     def patch_mask(self, n_images: int, rng: np.random.Generator) -> torch.Tensor:
         """(N, P) bool: which patches of each image are hidden from the encoder (BEiT masking)."""

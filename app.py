@@ -432,14 +432,25 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
                        quiet=quiet)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line. Host and port default to Gradio's own variables, as every Gradio app's do
+    (``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``; ``UNITOK_PORT`` before the latter)."""
+    env = os.environ
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=os.environ.get("UNITOK_CHECKPOINT"), help="default: checkpoints/default")
-    ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    ap.add_argument("--port", type=int, default=int(os.environ.get("UNITOK_PORT", 7860)))
+    ap.add_argument("--checkpoint", default=env.get("UNITOK_CHECKPOINT"),
+                    help="default: $UNITOK_DEFAULT_CHECKPOINT, else the repository's checkpoints/default")
+    ap.add_argument("--host", default=env.get("GRADIO_SERVER_NAME") or "127.0.0.1",
+                    help="default: $GRADIO_SERVER_NAME, else 127.0.0.1; 0.0.0.0 to serve other machines")
+    # a string default goes through `type`, so a bad value in the environment is a usage error naming --port
+    ap.add_argument("--port", type=int, default=env.get("UNITOK_PORT") or env.get("GRADIO_SERVER_PORT") or "7860",
+                    help="default: $UNITOK_PORT, else $GRADIO_SERVER_PORT, else 7860")
     ap.add_argument("--max-batch", type=int, default=8, help="requests run together in one generation batch")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight at once; the rest queue")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         pipe = Pipeline.from_pretrained(args.checkpoint)

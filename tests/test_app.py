@@ -330,6 +330,25 @@ def test_app_script_without_a_checkpoint_says_so(tmp_path):
     assert proc.returncode != 0 and f"app.py: no checkpoint at {tmp_path / 'none'}" in proc.stderr
 
 
+def test_app_takes_host_and_port_from_gradio_variables(monkeypatch):
+    """`python app.py` honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT as Gradio apps do; flags win."""
+    app = load_app()
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "UNITOK_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    args = app.parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    args = app.parse_args([])
+    assert (args.host, args.port) == ("0.0.0.0", 7999)
+    assert app.parse_args(["--host", "127.0.0.1", "--port", "8001"]).port == 8001
+    monkeypatch.setenv("UNITOK_PORT", "8002")  # the project's own variable, more specific, comes first
+    assert app.parse_args([]).port == 8002
+    monkeypatch.setenv("UNITOK_PORT", "http")
+    with pytest.raises(SystemExit):  # a usage error naming --port, not a traceback
+        app.parse_args([])
+
+
 def test_visualize_draws_every_output_type():
     """`unitok predict --save-vis`: boxes drawn, masks overlaid, depth colour-mapped, regions outlined."""
     from unitok.inference.visualize import visualize

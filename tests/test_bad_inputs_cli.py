@@ -24,7 +24,7 @@ from unitok.generation.options import DecodingOptions
 from unitok.inference.pipeline import Pipeline, UnknownPromptError
 from unitok.modalities.image import MIN_SIDE, load_image
 from unitok.modalities.vocab import VocabularyMismatch
-from unitok.modalities.vqvae import TokenizerSpecError
+from unitok.modalities.vq.config import TokenizerSpecError
 from unitok.recipes import build_world_store
 from unitok.registry import RegistryError
 from unitok.tasks.examples import ExampleError

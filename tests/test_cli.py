@@ -24,6 +24,23 @@ def test_tasks_list_and_check():
     assert "ok" in unitok("tasks", "check").stdout
 
 
+# What `unitok --help`, `tasks list` and `tasks check` must start without: each costs from 0.1 s (pycocotools) to
+# over a second (torch) of a command that needs none of them.
+HEAVY = ("torch", "gradio", "vector_quantize_pytorch", "sentencepiece", "safetensors", "einops", "pycocotools",
+         "pycocoevalcap")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["tasks", "list"], ["tasks", "check"]])
+def test_quick_commands_start_without_heavy_imports(args):
+    """The imports, not a time, are asserted: a time depends on the machine and what else runs on it."""
+    script = ("import json, sys\nfrom unitok import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit as e:\n"
+              "    assert not e.code, e.code\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert not loaded & set(HEAVY), f"unitok {' '.join(args)} imported {sorted(loaded & set(HEAVY))}"
+
+
 def test_tasks_check_names_file_and_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\ndata: world\nprompt: [x]\ntarget: {format: boxes, field: objects}\nmetric: coco_map\n")

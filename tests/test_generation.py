@@ -22,7 +22,8 @@ from unitok.inference.predictor import Predictor
 from unitok.modalities.codec import Codec
 from unitok.modalities.text import TextTokenizer
 from unitok.modalities.vocab import EOS, MASK, NOISE
-from unitok.modalities.vqvae import DenseTokenizer, ImageTokenizer, VQVAEConfig
+from unitok.modalities.vq.config import VQVAEConfig
+from unitok.modalities.vq.tokenizer import DenseTokenizer, ImageTokenizer
 from unitok.model.config import ModelConfig
 from unitok.model.transformer import UniTokModel
 from unitok.tasks.examples import Example
@@ -320,7 +321,9 @@ def test_guidance_scale_zero_is_unguided(codec, tasks):
     mixed = generate(model, _inputs(examples), constraint, index, [plain.replace(guidance_scale=3.0), plain],
                      generator=torch.Generator().manual_seed(1))
     assert mixed.tokens[1] == unguided.tokens[1]
-    assert mixed.logprobs[1] == unguided.logprobs[1]
+    # The same math, in a batch of another size: a CPU's matmul may block it otherwise (AVX512 does), so the
+    # scores agree to float rounding, not to the bit.
+    np.testing.assert_allclose(mixed.logprobs[1], unguided.logprobs[1], rtol=0, atol=1e-5)
     assert not np.allclose(mixed.logprobs[0], unguided.logprobs[0], atol=1e-4)  # guidance did change row 0
     assert len(mixed.tokens[0]) == codec.image.num_codes
     # Through the Predictor, the spec-level override.

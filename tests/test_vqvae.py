@@ -14,30 +14,22 @@ import torch
 
 from unitok.data.schema import png_bytes
 from unitok.data.world import SHAPES, WorldConfig, make_scene
-from unitok.modalities.vq_train import (
+from unitok.metrics import psnr, ssim
+from unitok.modalities.vq.config import DepthBins, TokenizerSpecError, VQVAEConfig
+from unitok.modalities.vq.tokenizer import DenseTokenizer, ImageTokenizer, load_tokenizer, read_spec
+from unitok.train.vq import (
     code_usage,
     dense_arrays,
-    depth_errors,
+    depth_quality,
     fit_dense_tokenizer,
     fit_image_tokenizer,
-    mean_iou,
     measure_quality,
-    psnr,
     record_depth,
     record_image,
     record_segmentation,
-    ssim,
+    segmentation_quality,
     train_dense_tokenizer,
     world_records,
-)
-from unitok.modalities.vqvae import (
-    DenseTokenizer,
-    DepthBins,
-    ImageTokenizer,
-    TokenizerSpecError,
-    VQVAEConfig,
-    load_tokenizer,
-    read_spec,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +75,8 @@ def test_tiny_dense_tokenizer_beats_blank_maps(dense_tok):
     recs = list(world_records(32, split="val", size=SIZE))
     q = measure_quality(dense_tok, recs, n_scenes=32)
     seg, _, depth = dense_arrays(recs, SIZE)
-    blank_miou, _ = mean_iou(torch.zeros_like(seg), seg, 6)  # everything background
-    flat_depth = depth_errors(torch.full_like(depth, float(depth.median())), depth)  # one depth everywhere
+    blank_miou = segmentation_quality(torch.zeros_like(seg), seg)["seg_miou"]  # everything background
+    flat_depth = depth_quality(torch.full_like(depth, float(depth.median())), depth)  # one depth everywhere
     assert q["seg_miou"] > blank_miou + 0.2, (q, blank_miou)
     assert q["depth_absrel"] < 0.5 * flat_depth["depth_absrel"], (q, flat_depth)
     assert q["mask_iou"] > 0.5, q
@@ -283,6 +275,29 @@ def test_trains_from_a_record_store(tmp_path):
     assert result["n_images"] == 12 and result["num_maps"] == 4 and "depth_absrel" in result
     notes = json.loads((tmp_path / "dense.json").read_text())["notes"]
     assert notes["training"]["steps_run"] == 2 and "seg_miou" in notes["val_quality"]
+
+
+def test_round_trip_metrics_are_the_evaluators():
+    """The VQ measurement scores maps exactly as the miou and depth evaluators do (one definition,
+    unitok.metrics): IoU over the whole set, depth per image over the pixels with a reading."""
+    from unitok.eval import evaluate
+    from unitok.tasks.outputs import DenseMap
+
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(1, 10, (3, 8, 8)).astype(np.float32)
+    gt[0, :3] = 0  # no reading: left out, not scored as 1 mm
+    pred = gt * rng.uniform(0.7, 1.4, gt.shape).astype(np.float32)
+    ours = depth_quality(torch.from_numpy(pred), torch.from_numpy(gt))
+    theirs = evaluate("depth", [(DenseMap(p, "depth"), DenseMap(g, "depth")) for p, g in zip(pred, gt)])
+    assert ours == {"depth_absrel": pytest.approx(theirs["abs_rel"]), "depth_delta1": pytest.approx(theirs["delta1"]),
+                    "depth_rmse": pytest.approx(theirs["rmse"])}
+    seg = rng.integers(0, 6, (3, 8, 8))
+    seg_hat = np.where(rng.random(seg.shape) < 0.7, seg, rng.integers(0, 6, seg.shape))
+    theirs = evaluate("miou", [(DenseMap(p, "segmentation"), DenseMap(g, "segmentation")) for p, g in zip(seg_hat, seg)])
+    ours = segmentation_quality(torch.from_numpy(seg_hat), torch.from_numpy(seg))
+    assert ours["seg_miou"] == pytest.approx(theirs["miou"]) and ours["seg_pixel_acc"] == pytest.approx(theirs["pixel_accuracy"])
+    rec = {"id": "r", "depth": png_bytes(np.array([[0, 1500]], np.uint16))}
+    assert record_depth(rec).tolist() == [[0.0, 1.5]]  # 0 mm stays "no reading"
 
 
 def test_metric_sanity():

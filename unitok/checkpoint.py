@@ -7,7 +7,7 @@
     image_vq.*, dense_vq.*  the VQ-VAE tokenizers, when the vocabulary has image/dense code blocks
     tasks/*.yaml        the task specs the model was trained on
     trainer.safetensors optimizer tensors + RNG state   (training runs only; needed for exact resume)
-    trainer.json        step and optimizer hyper-parameters
+    trainer.json        step and optimizer hyper-parameters (staged runs: the stage and the step inside it)
 
 Writing goes to a temporary sibling directory that is renamed into place, so a run killed while
 saving leaves the previous checkpoint intact; a kill between the renames leaves a complete sibling
@@ -32,7 +32,7 @@ from .modalities.codec import Codec
 from .modalities.coords import CoordQuantizer
 from .modalities.text import TextTokenizer
 from .modalities.vocab import Vocabulary, VocabularyMismatch
-from .modalities.vqvae import load_tokenizer
+from .modalities.vq.tokenizer import load_tokenizer
 from .tasks.formats import FORMATS
 from .tasks.spec import TaskSpec, dump_task, load_tasks
 
@@ -50,10 +50,12 @@ class Checkpoint:
     tasks: dict[str, TaskSpec]
     run: RunConfig | None
     path: Path
-    # {"step": int, "optimizer": state_dict, "rng": tensor, "schedule_steps": the lr schedule's length}
+    # {"step": int, "optimizer": state_dict, "rng": tensor, "schedule_steps": the lr schedule's length}; a run
+    # with train.stages also has "stage" (of the last step done), "stage_step" (its step in it) and "stages"
     trainer_state: dict = field(default_factory=dict)
 
 
+STAGE_KEYS = ("stage", "stage_step", "stages")  # trainer.json of a run with train.stages
 COMPLETE = ".complete"  # written last into a checkpoint directory before it is published
 
 
@@ -172,7 +174,7 @@ def save_checkpoint(path: str | Path, model: UniTokModel, codec: Codec, tasks: d
             tensors, meta = _optimizer_tensors(trainer_state["optimizer"])
             tensors["rng.torch"] = trainer_state["rng"]
             save_file(tensors, str(tmp / "trainer.safetensors"))
-            extra = {k: trainer_state[k] for k in ("schedule_steps",) if k in trainer_state}
+            extra = {k: trainer_state[k] for k in ("schedule_steps", *STAGE_KEYS) if k in trainer_state}
             (tmp / "trainer.json").write_text(json.dumps({"step": trainer_state["step"], "optimizer": meta, **extra}))
 
     _atomic_dir(path, write)
@@ -231,6 +233,7 @@ def load_checkpoint(path: str | Path, *, expect_vocab: Vocabulary | None = None,
         schedule = meta.get("schedule_steps", run.train.steps if run else None)  # older checkpoints: the run's steps
         if schedule:
             trainer_state["schedule_steps"] = int(schedule)
+        trainer_state.update({k: meta[k] for k in STAGE_KEYS if k in meta})
     return Checkpoint(model, codec, tasks, run, path, trainer_state)
 
 

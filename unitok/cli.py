@@ -142,11 +142,11 @@ def cmd_tokenizers_train(args) -> None:
     run = load_config(args.config, _overrides(args.set))
     if args.what == "text":
         tok = train_text_tokenizer(run, vocab_size=args.vocab_size)
-        print(f"wrote {run.tokenizers.text}: {tok.size} pieces")
-    else:  # the VQ-VAE trainer owns its options (see `python -m unitok.modalities.vq_train -h`)
-        from .modalities import vq_train
+        print(f"wrote {run.resolve(run.tokenizers.text)}: {tok.size} pieces")
+    else:  # the VQ-VAE trainer owns its options (see `python -m unitok.train.vq -h`)
+        from .train import vq
 
-        vq_train.main(["--what", args.what, "--out", args.out or f"tokenizers/{args.what}_vq", *args.extra])
+        vq.main(["--what", args.what, "--out", args.out or f"tokenizers/{args.what}_vq", *args.extra])
 
 
 # --------------------------------------------------------------------- tasks
@@ -229,6 +229,12 @@ def cmd_train(args) -> None:
         overrides["train.init"] = args.init
     run = load_config(args.config, overrides)
     device = args.device or _init_distributed()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        from .train.logs import TENSORBOARD_DIR
+
+        out = Path(args.out).resolve()
+        board = f", TensorBoard: {out / TENSORBOARD_DIR}" if run.train.tensorboard else ""
+        print(f"logs: {out} (log.csv, eval.csv{board})", flush=True)
     _, results = train(run, args.out, resume=not args.fresh, device=device)
     if results and (not dist.is_initialized() or dist.get_rank() == 0):
         from .eval import format_table, write_results
@@ -451,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--region", nargs=4, type=float)
     pr.add_argument("--prompt")
     pr.add_argument("--task")
-    pr.add_argument("--checkpoint", help="default: the shipped checkpoints/default")
+    pr.add_argument("--checkpoint",
+                    help="default: $UNITOK_DEFAULT_CHECKPOINT, else the repository's checkpoints/default")
     pr.add_argument("--save-vis", help="write a visualisation PNG")
     pr.add_argument("--decode", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override the task's decoding settings, e.g. strategy=beam beam_size=4, or strategy=sample seed=0")

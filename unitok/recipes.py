@@ -14,23 +14,23 @@ import os
 import shutil
 import string
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-from .checkpoint import load_checkpoint
 from .config import RunConfig
 from .data.store import RecordStore, StoreError, StoreWriter
 from .data.world import KINDS, WorldConfig, iter_world, meta_for
-from .modalities.codec import Codec
-from .modalities.text import TextTokenizer
-from .modalities.vqvae import load_tokenizer
 from .tasks.formats import FORMATS, resolve_choices
 from .tasks.spec import TaskSpec, TaskSpecError, load_tasks
+
+if TYPE_CHECKING:  # the model stack (torch) is imported where it is used: `unitok tasks list|check` never need it
+    from .modalities.codec import Codec
+    from .modalities.text import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 
 def store_path(run: RunConfig, dataset: str, split: str) -> Path:
-    return Path(run.data.root) / dataset / split
+    return run.resolve(run.data.root) / dataset / split
 
 
 def build_world_store(kind: str, split: str, n: int, out: str | Path, *, seed: int = 0, size: int = 64,
@@ -93,7 +93,7 @@ def list_reference_warnings(spec: TaskSpec, data_root: str | Path = "data", *, m
     record with the field, means nothing can be seen: no warning. A spec that sets
     ``metric_options.references`` has said how the list is used: no warning either."""
     from .data.store import StoreError
-    from .tasks.examples import matches, resolve
+    from .tasks.fields import matches, resolve
 
     if spec.metric.split("@")[0] not in EXACT_MATCH_METRICS or "references" in spec.metric_options:
         return []
@@ -132,7 +132,7 @@ def list_reference_warnings(spec: TaskSpec, data_root: str | Path = "data", *, m
 
 
 def load_run_tasks(run: RunConfig) -> dict[str, TaskSpec]:
-    tasks = load_tasks(run.tasks.dir, run.tasks.names, formats=FORMATS)
+    tasks = load_tasks(run.resolve(run.tasks.dir), run.task_names(), formats=FORMATS)  # with train.stages: every stage's
     for spec in tasks.values():
         check_metric(spec)
     return tasks
@@ -217,12 +217,17 @@ def text_corpus(stores: Iterable[RecordStore], tasks: Iterable[TaskSpec]) -> Ite
 
 
 def train_text_tokenizer(run: RunConfig, *, vocab_size: int = 1000) -> TextTokenizer:
+    """SentencePiece on the run's text (`unitok tokenizers train`), written to ``tokenizers.text``. The one place
+    a text model is made: training never makes one behind the user's back (`build_codec`)."""
+    from .modalities.text import TextTokenizer
+
     tasks = load_run_tasks(run)
     prepare_data(run, tasks, splits=("train",))
     stores = {str(store_path(run, t.data, t.splits.train)) for t in tasks.values()}
     corpus = list(text_corpus([RecordStore(p) for p in sorted(stores)], tasks.values()))
-    log.info("training SentencePiece on %d strings -> %s", len(corpus), run.tokenizers.text)
-    return TextTokenizer.train(corpus, run.tokenizers.text, vocab_size=vocab_size)
+    out = run.resolve(run.tokenizers.text)
+    log.info("training SentencePiece on %d strings -> %s", len(corpus), out)
+    return TextTokenizer.train(corpus, out, vocab_size=vocab_size)
 
 
 def with_parent_model(run: RunConfig) -> tuple[RunConfig, Codec]:
@@ -231,7 +236,7 @@ def with_parent_model(run: RunConfig) -> tuple[RunConfig, Codec]:
     is reported and replaced: fine-tuning changes the tasks and data, not the architecture."""
     from .checkpoint import CheckpointError, load_codec
 
-    parent = Path(run.train.init)
+    parent = run.resolve(run.train.init)
     if not (parent / "config.json").exists():
         raise CheckpointError(f"train.init: {parent} is not a checkpoint (no config.json)")
     model = json.loads((parent / "config.json").read_text())["model"]
@@ -243,9 +248,24 @@ def with_parent_model(run: RunConfig) -> tuple[RunConfig, Codec]:
 
 
 def build_codec(run: RunConfig) -> Codec:
-    text = TextTokenizer.from_file(run.tokenizers.text)
-    vq = {name: load_tokenizer(getattr(run.tokenizers, name)) for name in ("image", "dense")
-          if getattr(run.tokenizers, name)}
+    """The run's vocabulary from its tokenizer files. A missing one is an error naming the config field and the
+    file (`unitok tokenizers train` makes them), never a SentencePiece model trained on the spot."""
+    from .modalities.codec import Codec
+    from .modalities.text import TextTokenizer
+    from .modalities.vq.tokenizer import load_tokenizer
+
+    field = "tokenizers.text"
+    try:
+        text = TextTokenizer.from_file(run.resolve(run.tokenizers.text))
+        vq = {}
+        for name in ("image", "dense"):
+            if getattr(run.tokenizers, name):
+                field = f"tokenizers.{name}"
+                vq[name] = load_tokenizer(run.resolve(getattr(run.tokenizers, name)))
+    except FileNotFoundError as e:
+        kind = field.removeprefix("tokenizers.")
+        hint = "" if kind == "text" else f" (train one with `unitok tokenizers train --what {kind}`)"
+        raise FileNotFoundError(f"{run.source}: field '{field}': {e}{hint}") from None
     return Codec.build(text, run.tokenizers.coord_bins, **vq)
 
 
@@ -259,13 +279,11 @@ def train(run: RunConfig, out: str | Path, *, steps: int | None = None, resume: 
     from .train.trainer import Trainer
 
     tasks = load_run_tasks(run)
-    prepare_data(run, tasks)
     if run.train.init:  # fine-tuning keeps the parent's vocabulary and architecture
         run, codec = with_parent_model(run)
-    else:
-        if not Path(run.tokenizers.text).exists():
-            train_text_tokenizer(run)
+    else:  # before the data is built, so a missing tokenizer fails at once
         codec = build_codec(run)
+    prepare_data(run, tasks)
     train_stores = open_stores(run, tasks, "train")
     tasks = with_resolved_choices(tasks, train_stores)
     model_cfg = run.model_settings()
@@ -293,6 +311,7 @@ def evaluate_checkpoint(path: str | Path, run: RunConfig | None = None, *, tasks
     ``blind``: also the blind baseline and ``vision_gain`` (see `unitok.inference.evaluate`).
     ``constant``: for text and label tasks, also the score of always giving the most frequent target of
     the first ``constant_records`` records of the task's train split (`constant_answers`)."""
+    from .checkpoint import load_checkpoint
     from .inference.evaluate import evaluate_tasks
     from .inference.predictor import Predictor
 
@@ -302,7 +321,7 @@ def evaluate_checkpoint(path: str | Path, run: RunConfig | None = None, *, tasks
     unknown = set(tasks or []) - set(ckpt.tasks)
     if unknown:
         raise KeyError(f"checkpoint {path} has no task(s) {sorted(unknown)}; it has: {', '.join(ckpt.tasks)}")
-    root = Path(data_root or (run.data.root if run else "data"))
+    root = Path(data_root) if data_root else run.resolve(run.data.root) if run else Path("data")
     stores = {}
     for name, spec in chosen.items():
         p = root / spec.data / (split or spec.splits.eval)
@@ -362,7 +381,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, *, tasks_dir: str | Path
     each spec are refreshed from that directory; a spec whose training-side fields differ is refused."""
     import torch
 
-    from .checkpoint import save_checkpoint
+    from .checkpoint import load_checkpoint, save_checkpoint
 
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"export dtype must be float32 or bfloat16, got {dtype!r}")
@@ -391,7 +410,7 @@ def spec_data_problems(spec: TaskSpec, data_root: str | Path = "data", *, max_re
     input, ``each`` or ``where`` field that none of the first ``max_records`` records of the spec's
     eval store (else its train store) has, named with the spec's file and field. No store: nothing."""
     from .data.store import StoreError
-    from .tasks.examples import missing_fields
+    from .tasks.fields import missing_fields
 
     for split in dict.fromkeys((spec.splits.eval, spec.splits.train)):
         store_dir = Path(data_root) / spec.data / split

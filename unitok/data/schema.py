@@ -7,6 +7,9 @@ A record is a plain dict that msgpack can serialise (never pickle). Field conven
     objects       list    each: box [x0, y0, x1, y1] in pixels (float), category (str),
                           plus any attributes (shape, colour, size, depth, mask PNG bytes ...)
     captions      list[str]
+    segmentation  bytes   PNG L (H, W): class ids, 0 = background (optional)
+    depth         bytes   PNG I;16 (H, W): 1/``DEPTH_SCALE`` metres (the store's meta ``depth_scale`` if it
+                          has one), 0 = no reading (optional)
     ...                   task-specific fields (refs, vqa, ...) documented by whoever writes them
 
 Images and masks are PNG bytes inside the record so a record is self-contained; decoding happens
@@ -23,6 +26,7 @@ from PIL import Image
 
 SCHEMA_VERSION = 1
 META_KEY = b"__meta__"
+DEPTH_SCALE = 1000  # depth-map units per metre: uint16 millimetres, so up to 65.5 m
 
 
 _PNG_DIRECT_MAX_PIXELS = 256 * 256
@@ -69,6 +73,11 @@ def decode_png(data: bytes, *, what: str = "image") -> np.ndarray:
             return np.asarray(img)
     except Exception as e:  # PIL raises several types for bad data
         raise ValueError(f"{what}: not a decodable PNG ({e})") from e
+
+
+def depth_metres(values: np.ndarray, scale: float = DEPTH_SCALE) -> np.ndarray:
+    """A depth map's stored values (uint16 units of 1/``scale`` m) -> float32 metres; 0 (no reading) stays 0."""
+    return values.astype(np.float32) / float(scale)
 
 
 def decode_rgb(data: bytes, *, what: str = "image") -> np.ndarray:

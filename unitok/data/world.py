@@ -35,11 +35,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .schema import png_bytes
+from .schema import DEPTH_SCALE, png_bytes
 from .world_language import captions, description, itm, referring_expressions, regions
 from .world_pairs import make_pair, pairs_meta
 from .world_questions import VQA_TYPES, answer_set, entailment, vqa
-from .world_scene import BACKGROUNDS, COLOURS, DEPTH_SCALE, NUMBER_WORDS, SHAPES, SIZES, SPLITS, WORLD_VERSION, \
+from .world_scene import BACKGROUNDS, COLOURS, NUMBER_WORDS, SHAPES, SIZES, SPLITS, WORLD_VERSION, \
     Scene, WorldConfig, balanced_pick, base_meta, dense_maps, object_records, paint, sample_scene, scene_rng
 from .world_video import make_clip, video_meta
 

@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .schema import png_bytes
+from .schema import DEPTH_SCALE, png_bytes
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {
@@ -53,7 +53,6 @@ COUNT_FOCUS_MAX = 3
 
 GROUND_FAR_M = 12.0  # depth of the ground seen by the top image row
 GROUND_NEAR_M = 2.0  # ... and by the bottom row
-DEPTH_SCALE = 1000  # depth-map units per metre: uint16 millimetres, so up to 65.5 m
 CARD_FACTOR = (0.8, 0.95)  # a card's depth over the depth of the ground at its base row
 # A nearer shape counts as hiding another when this much of the other is seen covered by it: a corner
 # touching a few pixels does not show a viewer which of the two is in front.

@@ -33,11 +33,6 @@ import shutil
 import subprocess
 from typing import Any
 
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer import ptbtokenizer
-
 from .base import Evaluator, as_text, as_texts
 from .registry import register_evaluator
 
@@ -53,6 +48,8 @@ def simple_tokenize(text: str) -> str:
 
 def ptb_tokenize(texts: list[str], *, timeout: float = 300.0) -> list[str]:
     """Tokenize with pycocoevalcap's Stanford PTB jar: one output line per input line."""
+    from pycocoevalcap.tokenizer import ptbtokenizer  # here: loading the metric registry should not load pycocoevalcap
+
     jar_dir = os.path.dirname(os.path.abspath(ptbtokenizer.__file__))
     jar = os.path.join(jar_dir, ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
     lines = "\n".join(t.replace("\n", " ").replace("\r", " ") for t in texts)
@@ -123,6 +120,10 @@ class CaptionEvaluator(Evaluator):
             res[i] = [tokens[i]]
             gts[i] = tokens[pos : pos + len(refs)]
             pos += len(refs)
+
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
 
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         cider, _ = Cider().compute_score(gts, res)

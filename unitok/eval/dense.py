@@ -17,6 +17,9 @@ predictions are clipped to ``min_depth`` so ratios stay finite. Per-image values
 images, the NYUv2/KITTI convention (Eigen et al. 2014):
   abs_rel = mean |p - g| / g, rmse = sqrt(mean (p - g)^2), delta_k = fraction of max(p/g, g/p) < 1.25^k.
   Keys: ``abs_rel``, ``rmse`` (lower is better), ``delta1``, ``delta2``, ``delta3``. Primary: ``delta1``.
+
+The formulas are ``unitok.metrics`` (``confusion_counts``, ``class_ious``, ``depth_errors``), which the
+VQ-VAE trainer's round-trip measurement uses too.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from unitok.metrics import DEPTH_KEYS, class_ious, confusion_counts, depth_errors, pixel_accuracy
 from unitok.tasks.outputs import DenseMap
 
 from .base import Evaluator
@@ -75,34 +79,22 @@ class SegmentationEvaluator(Evaluator):
     def add(self, prediction: Any, reference: Any, *, image_id: Any = None) -> None:
         ref, classes = _values(reference, metric="miou", role="reference", kinds=SEGMENTATION_KINDS)
         pred, _ = _values(prediction, metric="miou", role="prediction", kinds=SEGMENTATION_KINDS)
-        pred = resize_nearest(pred, ref.shape)
-        ref, pred = ref.astype(np.int64).ravel(), pred.astype(np.int64).ravel()
-        keep = ref >= 0 if self.ignore_index is None else (ref >= 0) & (ref != self.ignore_index)
-        if np.any(pred[keep] < 0):
-            raise ValueError("miou: predicted class ids must be non-negative")
-        # Sparse confusion counts: class ids need not be small or contiguous.
-        pairs, counts = np.unique(np.stack([ref[keep], pred[keep]], axis=1), axis=0, return_counts=True)
-        for (r, p), n in zip(pairs.tolist(), counts.tolist()):
-            self.pairs[(r, p)] = self.pairs.get((r, p), 0) + n
+        try:
+            counts = confusion_counts(ref, resize_nearest(pred, ref.shape), ignore_index=self.ignore_index)
+        except ValueError as e:
+            raise ValueError(f"miou: {e}") from None
+        for pair, n in counts.items():
+            self.pairs[pair] = self.pairs.get(pair, 0) + n
         if classes and self.class_names is None:
             self.class_names = list(classes)
         self.count += 1
 
     def compute(self) -> dict[str, float]:
         self._require_examples()
-        ids = sorted({c for pair in self.pairs for c in pair} - {self.ignore_index})
-        total = sum(self.pairs.values())
-        if total == 0:
+        if sum(self.pairs.values()) == 0:
             raise ValueError("miou: every reference pixel was ignored")
-        tp = {c: self.pairs.get((c, c), 0) for c in ids}
-        ref_count = dict.fromkeys(ids, 0)
-        pred_count = dict.fromkeys(ids, 0)
-        for (r, p), n in self.pairs.items():
-            ref_count[r] = ref_count.get(r, 0) + n
-            if p in pred_count:
-                pred_count[p] += n
-        ious = {c: tp[c] / (ref_count[c] + pred_count[c] - tp[c]) for c in ids}
-        out = {"miou": float(np.mean(list(ious.values()))), "pixel_accuracy": sum(tp.values()) / total}
+        ious = class_ious(self.pairs, ignore_index=self.ignore_index)
+        out = {"miou": float(np.mean(list(ious.values()))), "pixel_accuracy": pixel_accuracy(self.pairs)}
         if self.per_class:
             for c, iou in ious.items():
                 name = self.class_names[c] if self.class_names and c < len(self.class_names) else str(c)
@@ -123,27 +115,18 @@ class DepthEvaluator(Evaluator):
         super().__init__()
 
     def _reset_state(self) -> None:
-        self.sums = dict.fromkeys(("abs_rel", "rmse", "delta1", "delta2", "delta3"), 0.0)
+        self.sums = dict.fromkeys(DEPTH_KEYS, 0.0)
         self.images = 0  # images with at least one valid pixel
 
     def add(self, prediction: Any, reference: Any, *, image_id: Any = None) -> None:
         gt, _ = _values(reference, metric="depth", role="reference", kinds=("depth",))
         pred, _ = _values(prediction, metric="depth", role="prediction", kinds=("depth",))
-        gt = gt.astype(np.float64)
-        pred = resize_nearest(pred, gt.shape).astype(np.float64)
-        valid = np.isfinite(gt) & (gt > 0)
-        if self.max_depth is not None:
-            valid &= gt <= self.max_depth
+        errors = depth_errors(resize_nearest(pred, gt.shape), gt, min_depth=self.min_depth, max_depth=self.max_depth)
         self.count += 1
-        if not valid.any():
+        if errors is None:
             return
-        g = gt[valid]
-        p = np.clip(np.nan_to_num(pred[valid], nan=self.min_depth), self.min_depth, self.max_depth)
-        ratio = np.maximum(p / g, g / p)
-        self.sums["abs_rel"] += float(np.mean(np.abs(p - g) / g))
-        self.sums["rmse"] += float(np.sqrt(np.mean((p - g) ** 2)))
-        for k in (1, 2, 3):
-            self.sums[f"delta{k}"] += float(np.mean(ratio < 1.25**k))
+        for key, value in errors.items():
+            self.sums[key] += value
         self.images += 1
 
     def compute(self) -> dict[str, float]:

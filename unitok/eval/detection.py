@@ -21,9 +21,6 @@ import contextlib
 import io
 from typing import Any
 
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
 from unitok.tasks.outputs import Box, Boxes
 
 from .base import Evaluator
@@ -102,6 +99,9 @@ class CocoDetectionEvaluator(Evaluator):
             raise ValueError("coco_map: the references hold no boxes, so there is nothing to detect")
         if not detections:
             return {"map": 0.0, "map@0.5": 0.0, "map@0.75": 0.0, "ar@100": 0.0}
+
+        from pycocotools.coco import COCO  # here: loading the metric registry should not load pycocotools
+        from pycocotools.cocoeval import COCOeval
 
         # pycocotools reports progress with print(); keep evaluation quiet.
         with contextlib.redirect_stdout(io.StringIO()):

@@ -24,15 +24,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import RunConfig
 from ..errors import InputError, RequestError, UniTokError
 from ..modalities.image import check_size, load_image
 from ..tasks.examples import Example, ExampleError
 from .predictor import Predictor
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
+# The checkpoint `from_pretrained()` loads when none is named: the one this environment variable names, else the
+# repository's checkpoints/default (it ships in the repository, not in the package: a wheel does not carry it).
+DEFAULT_CHECKPOINT_ENV = "UNITOK_DEFAULT_CHECKPOINT"
+REPO_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
+
+
+def default_checkpoint() -> Path:
+    """``$UNITOK_DEFAULT_CHECKPOINT`` if set, else the repository's ``checkpoints/default``. A missing one is an
+    error naming both places: a wrong variable does not quietly fall back to the repository's checkpoint."""
+    named = os.environ.get(DEFAULT_CHECKPOINT_ENV)
+    path = Path(named).expanduser() if named else REPO_CHECKPOINT
+    if path.exists():
+        return path
+    if named:
+        raise FileNotFoundError(f"no checkpoint at {path}, which {DEFAULT_CHECKPOINT_ENV} names (unset it to use "
+                                f"the repository's {REPO_CHECKPOINT})")
+    raise FileNotFoundError(f"no checkpoint at {REPO_CHECKPOINT} (the default, which ships in the repository, not in "
+                            f"the package) and {DEFAULT_CHECKPOINT_ENV} is not set: set it to a checkpoint directory, "
+                            "or name one (train one with `unitok train` and pass its checkpoint/)")
 
 
 class UnknownPromptError(UniTokError, ValueError):
@@ -77,9 +97,10 @@ class Route:
 
 
 class Pipeline:
-    def __init__(self, predictor: Predictor, source: str = ""):
+    def __init__(self, predictor: Predictor, source: str = "", run_config: RunConfig | None = None):
         self.predictor = predictor
         self.source = source
+        self.run_config = run_config  # what trained the model (data root, world sizes); save_pretrained keeps it
         # Most specific first: a template with more literal text wins over one that is mostly placeholder.
         templates = [(name, t) for name, spec in predictor.tasks.items() for t in spec.prompt]
         templates.sort(key=lambda nt: -sum(len(lit) for lit, _, _, _ in string.Formatter().parse(nt[1])))
@@ -87,13 +108,20 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *, device: str = "cpu", bf16: bool | str = False) -> "Pipeline":
-        path = Path(path) if path else DEFAULT_CHECKPOINT
+        """A checkpoint directory (a training run's ``checkpoint/``, an export, ``save_pretrained``'s), or with
+        none named the default (`default_checkpoint`)."""
+        path = Path(path) if path else default_checkpoint()
         if not path.exists():
-            shipped = path == DEFAULT_CHECKPOINT
-            hint = " (the shipped default; train one with `unitok train` and pass its checkpoint/)" if shipped else ""
-            raise FileNotFoundError(f"no checkpoint at {path}{hint}")
+            raise FileNotFoundError(f"no checkpoint at {path}")
         ckpt = load_checkpoint(path, device=device)
-        return cls(Predictor(ckpt.model, ckpt.codec, ckpt.tasks, bf16=bf16, device=device), str(path))
+        return cls(Predictor(ckpt.model, ckpt.codec, ckpt.tasks, bf16=bf16, device=device), str(path), ckpt.run)
+
+    def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> Path:
+        """Write the model, its vocabulary and tokenizers, the task specs and the run config as a checkpoint
+        directory (atomically, without optimizer state) that ``from_pretrained(path)`` loads back.
+        ``dtype=torch.bfloat16`` halves the weights' size (they load back as float32)."""
+        return save_checkpoint(path, self.predictor.model, self.predictor.codec, self.tasks, self.run_config,
+                               dtype=dtype)
 
     @property
     def tasks(self) -> dict:

@@ -13,7 +13,7 @@ import torch
 from .coords import CoordQuantizer
 from .text import TextTokenizer
 from .vocab import EOS, PAD, Vocabulary, VocabularyMismatch
-from .vqvae import DenseTokenizer, ImageTokenizer
+from .vq.tokenizer import DenseTokenizer, ImageTokenizer
 
 
 def vq_fingerprint(tok) -> str:
@@ -114,9 +114,8 @@ class Codec:
     def decode_dense(self, ids: Sequence[int], kind: str):
         tok = self._vq("dense")
         codes = torch.tensor([i - self.vocab.range("dense")[0] for i in ids]).view(1, *tok.grid)
-        decode = {"segmentation": tok.decode_segmentation, "depth": tok.decode_depth, "mask": tok.decode_mask}[kind]
         with torch.inference_mode():
-            return decode(codes)[0].cpu().numpy()
+            return tok.decode(codes, kind)[0].cpu().numpy()
 
     # --- block masks (for grammars) ---
     def block_mask(self, *names: str) -> torch.Tensor:

@@ -10,22 +10,28 @@ Registry contract (``FORMATS``): a registered class is instantiated with no argu
     prompt_fields: tuple[str, ...]                   placeholders ``split`` fills (not record fields)
 
 ``value`` is what ``target.field`` resolved to in the record (or the ``each`` item).
+
+Grammars are torch tables, built only when decoding (``_builder``): checking a spec (``unitok tasks list|check``)
+loads neither torch nor the tokenizers.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from ..modalities.codec import Codec
+from ..data.schema import DEPTH_SCALE, depth_metres
 from ..registry import Registry
 from ..modalities.vocab import MASK, NOISE
-from .grammar import Grammar, GrammarBuilder, sequence_trie
+from ..modalities.vq.config import MAP_KINDS
 from .outputs import Box, Boxes, DenseMap, GeneratedImage, Label, Region, Text
 from .spec import Target
+
+if TYPE_CHECKING:
+    from ..modalities.codec import Codec
+    from .grammar import Grammar, GrammarBuilder
 
 FORMATS: Registry = Registry("target format")
 
@@ -65,6 +71,13 @@ class TargetFormat:
         raise NotImplementedError
 
 
+def _builder(codec: Codec) -> GrammarBuilder:
+    """A grammar builder over ``codec``'s vocabulary (imported here: see the module's docstring)."""
+    from .grammar import GrammarBuilder
+
+    return GrammarBuilder(codec.vocab.size)
+
+
 def _score(logprobs: list[float] | None) -> float | None:
     return None if not logprobs else float(math.exp(sum(logprobs) / len(logprobs)))
 
@@ -86,7 +99,7 @@ class TextFormat(TargetFormat):
         return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
     def grammar(self, ctx):
-        b = GrammarBuilder(ctx.codec.vocab.size)
+        b = _builder(ctx.codec)
         first, rest = b.state(), b.state()
         text = ctx.codec.block_mask("text")
         b.on(first, text, rest)
@@ -140,7 +153,9 @@ class LabelFormat(TargetFormat):
         return self.label_of(value, ctx.target)
 
     def grammar(self, ctx):
-        b = GrammarBuilder(ctx.codec.vocab.size)
+        from .grammar import sequence_trie
+
+        b = _builder(ctx.codec)
         start = b.state()
         sequence_trie(b, start, [ctx.codec.encode_text(c) for c in resolve_choices(ctx.target, ctx.meta)])
         return b.build(start)
@@ -219,7 +234,7 @@ class BoxesFormat(TargetFormat):
         return Boxes([Box(*map(float, o[ctx.target.box]), label=str(o[ctx.target.label])) for o in value])
 
     def grammar(self, ctx):
-        b = GrammarBuilder(ctx.codec.vocab.size)
+        b = _builder(ctx.codec)
         between, c1, c2, c3, first, more = (b.state() for _ in range(6))
         coords, text = ctx.codec.block_mask("coords"), ctx.codec.block_mask("text")
         b.on(between, coords, c1)
@@ -272,7 +287,7 @@ class RegionFormat(TargetFormat):
         return Region(Box(*map(float, value)))
 
     def grammar(self, ctx):
-        b = GrammarBuilder(ctx.codec.vocab.size)
+        b = _builder(ctx.codec)
         states = [b.state() for _ in range(5)]
         coords = ctx.codec.block_mask("coords")
         for s, t in zip(states, states[1:]):
@@ -283,7 +298,7 @@ class RegionFormat(TargetFormat):
 
 def _fixed_length_grammar(codec: Codec, block: str, length: int) -> Grammar:
     """Exactly ``length`` tokens of ``block``, then eos."""
-    b = GrammarBuilder(codec.vocab.size)
+    b = _builder(codec)
     states = [b.state() for _ in range(length + 1)]
     mask = codec.block_mask(block)
     for s, t in zip(states, states[1:]):
@@ -325,9 +340,6 @@ class ImageFormat(TargetFormat):
         return _fixed_length_grammar(ctx.codec, "image", ctx.codec.image.num_codes)
 
 
-DENSE_KINDS = ("segmentation", "depth", "mask")
-
-
 @FORMATS.register("dense")
 class DenseFormat(TargetFormat):
     """A dense map as h x w codes of the dense VQ-VAE (UViM): segmentation, depth or an instance mask.
@@ -337,8 +349,8 @@ class DenseFormat(TargetFormat):
     """
 
     def check(self, target):
-        if target.kind not in DENSE_KINDS:
-            return [("kind", f"the dense format needs kind: one of {', '.join(DENSE_KINDS)}; got {target.kind!r}")]
+        if target.kind not in MAP_KINDS:
+            return [("kind", f"the dense format needs kind: one of {', '.join(MAP_KINDS)}; got {target.kind!r}")]
         return []
 
     def _values(self, value, ctx) -> np.ndarray:
@@ -352,7 +364,7 @@ class DenseFormat(TargetFormat):
             with Image.open(io.BytesIO(value)) as img:
                 arr = np.asarray(img)
         if ctx.target.kind == "depth":
-            return arr.astype(np.float32) / float(ctx.meta.get("depth_scale", 1000))
+            return depth_metres(arr, ctx.meta.get("depth_scale", DEPTH_SCALE))
         if ctx.target.kind == "mask":
             return arr > 127
         return arr.astype(np.int64)
@@ -444,7 +456,7 @@ class MaskedTextFormat(TargetFormat):
         return self.decode(value, ctx).text
 
     def grammar(self, ctx):
-        b = GrammarBuilder(ctx.codec.vocab.size)
+        b = _builder(ctx.codec)
         start, first, more = b.state(), b.state(), b.state()
         text = ctx.codec.block_mask("text")
         b.on(start, MASK, first)

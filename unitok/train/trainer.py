@@ -6,16 +6,18 @@ never imports eval or inference (the CLI wires ``unitok.inference.evaluate``).
 Exact resume: the checkpoint holds weights, optimizer state, RNG and the step; data order is a
 pure function of (seed, batch index, rank) (``MixtureSampler``), and the CSV log is cut back to
 the checkpoint's step, so a run killed at any point continues as if it had never stopped.
+
+Stages (``train.stages``): the global step runs on across them; the step alone says which stage
+trains next, so a stage boundary needs no state beyond the step (each stage has its own mixture,
+warmup + cosine and frozen parts; the optimizer state carries over).
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
-import math
-import os
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import init_weights, load_checkpoint, recover_dir, save_checkpoint
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig, Stage
 from ..model.config import ModelConfig
 from ..model.transformer import UniTokModel
 from ..modalities.codec import Codec
@@ -35,6 +37,8 @@ from ..runtime import use_bf16
 from ..tasks.examples import Batch, collate, select_rows, split_rows
 from ..tasks.spec import TaskSpec
 from .data import MixtureDataset, MixtureSampler, TaskSource, mixture_probs
+from .logs import RunLog
+from .optim import adamw, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +54,14 @@ def model_config_for(run: RunConfig, codec: Codec) -> ModelConfig:
     return cfg
 
 
-def lr_at(step: int, *, base: float, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup to ``base``, then cosine decay to ``base * min_ratio`` at ``total``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+def stage_at(stages: list[Stage], step: int) -> Stage:
+    """The stage that trains step ``step`` (0-based: the steps done before it); past the last stage's
+    end, the last stage, at its final learning rate."""
+    return next((s for s in stages if step < s.end), stages[-1])
+
+
+def _listed(stages: list[dict]) -> str:
+    return ", ".join(f"{s['name']} ({s['steps']} steps)" for s in stages) or "none"
 
 
 def row_losses(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +119,7 @@ class Trainer:
                  device: str | torch.device = "cpu"):
         self.run, self.cfg = run, run.train
         self.out = Path(out)
+        self.logs = RunLog(self.out, tensorboard=self.cfg.tensorboard, source=run.source)  # log.csv, eval.csv
         self.codec, self.tasks, self.sources = codec, tasks, sources
         self.evaluate_fn = evaluate
         self.device = torch.device(device)
@@ -122,6 +129,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoint"
         self.step = 0
         self.schedule_steps: int | None = None  # the lr schedule's length, fixed when the run starts
+        self.stages, self.staged = run.stage_plan(), bool(self.cfg.stages)
 
         model_cfg = model_config_for(run, codec)
         torch.manual_seed(self.cfg.seed)
@@ -137,10 +145,16 @@ class Trainer:
         if not resuming and self.rank == 0:
             self._truncate_log(0)  # a fresh start's curve is not spliced onto an old run's
         if self.cfg.init and not resuming:  # a resumed fine-tuning run continues from its own checkpoint
-            parts = init_weights(self.model, self.cfg.init, expect_vocab=codec.vocab)
+            parts = init_weights(self.model, run.resolve(self.cfg.init), expect_vocab=codec.vocab)
             log.info("train.init %s: %d weights loaded, fresh: %s, left out: %s", self.cfg.init, len(parts["loaded"]),
                      parts["fresh"] or "none", parts["ignored"] or "none")
-        self.freeze(self.cfg.freeze)
+        for stage in self.stages:
+            self._stage_sources(stage)  # every stage's tasks and frozen parts are checked now, not at its boundary
+        frozen = [self.frozen_names(s.freeze, f"{s.field}.freeze") for s in self.stages]
+        # One stage: the optimizer (and DDP) hold the parameters that train. Stages: every parameter, whatever a
+        # stage freezes; one frozen in the current stage gets no grad, so AdamW leaves it and its state alone,
+        # and DDP (find_unused_parameters) counts it unused.
+        self._set_frozen(frozenset() if self.staged else frozen[0])
         self.optimizer = self._optimizer()
         if resuming:
             self._resume()
@@ -154,28 +168,27 @@ class Trainer:
         "embed": ("embed.",),  # the shared token embedding, which is also the output head
     }
 
-    def freeze(self, parts: list[str]) -> None:
-        """Keep the named parts fixed (``train.freeze``): a name of ``FREEZE_PARTS`` or a parameter-name
-        prefix. A name that matches no parameter is an error, not a silent no-op."""
+    def frozen_names(self, parts: list[str] | tuple[str, ...], field: str = "train.freeze") -> frozenset[str]:
+        """The parameters that ``parts`` name: each a name of ``FREEZE_PARTS`` or a parameter-name prefix.
+        A name that matches no parameter is an error naming ``field``, not a silent no-op."""
         names = [n for n, _ in self.model.named_parameters()]
+        frozen = set()
         for part in parts:
             prefixes = self.FREEZE_PARTS.get(part, (part,))
             hit = [n for n in names if n.startswith(prefixes)]
             if not hit:
-                raise ValueError(f"train.freeze: {part!r} matches no parameter; use one of "
+                raise ValueError(f"{field}: {part!r} matches no parameter; use one of "
                                  f"{sorted(self.FREEZE_PARTS)} or a parameter-name prefix")
-            for n, p in self.model.named_parameters():
-                if n in hit:
-                    p.requires_grad_(False)
+            frozen.update(hit)
+        return frozenset(frozen)
+
+    def _set_frozen(self, names: frozenset[str]) -> None:
+        """Keep exactly ``names`` fixed and train the rest."""
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(n not in names)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.ndim >= 2 and "embed" not in name and "pos" not in name else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, fused=False)
+        return adamw(self.model, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay)
 
     def _resume(self) -> None:
         ckpt = load_checkpoint(self.ckpt_dir, expect_vocab=self.codec.vocab, with_trainer=True, device=self.device)
@@ -184,17 +197,60 @@ class Trainer:
         torch.set_rng_state(ckpt.trainer_state["rng"])
         self.step = ckpt.trainer_state["step"]
         self.schedule_steps = ckpt.trainer_state.get("schedule_steps")
+        self._check_stages(ckpt.trainer_state)
         if self.rank == 0:
             self._truncate_log(self.step)
         log.info("resumed from %s at step %d", self.ckpt_dir, self.step)
 
-    def _loader(self) -> DataLoader:
-        probs = mixture_probs([self.tasks[s.builder.spec.name].weight for s in self.sources], self.run.tasks.temperature)
-        sampler = MixtureSampler([len(s) for s in self.sources], probs, self.cfg.batch_size,
+    def _check_stages(self, state: dict) -> None:
+        """A resumed run keeps the stages it has begun, names and lengths; later ones may change or be added."""
+        saved = state.get("stages")
+        ours = [{"name": s.name, "steps": s.steps} for s in self.stages] if self.staged else None
+        if saved is None and ours is None:
+            return
+        where = f"{self.run.source}: field 'train.stages': {self.ckpt_dir} "
+        if saved is None:
+            raise ConfigError(where + f"was trained without stages (to step {state['step']}); resume it without "
+                              "train.stages, start afresh (--fresh), or start the stages from its weights (--init)")
+        starts = [sum(s["steps"] for s in saved[:i]) for i in range(len(saved))]
+        begun = [s for s, start in zip(saved, starts) if start < state["step"]]
+        if ours is None or ours[:len(begun)] != begun:
+            raise ConfigError(where + f"is at step {state.get('stage_step')} of stage {state.get('stage')!r}: the stages "
+                              f"it has begun ({_listed(begun)}) cannot change, and this config has "
+                              f"{_listed((ours or [])[:len(begun)])}; resume with those stages or start afresh (--fresh)")
+
+    def _stage_sources(self, stage: Stage) -> list[TaskSource]:
+        """The sources of the stage's tasks, in the run's order."""
+        names = [s.builder.spec.name for s in self.sources]
+        chosen = names if stage.tasks is None else list(stage.tasks)
+        missing = [n for n in chosen if n not in names]
+        if missing:
+            raise ConfigError(f"{self.run.source}: field '{stage.field}.tasks.names': {missing} not among the run's tasks {names}")
+        unknown = sorted(set(stage.weights) - set(chosen))
+        if unknown:
+            raise ConfigError(f"{self.run.source}: field '{stage.field}.tasks.weights': {unknown} not among the stage's tasks {chosen}")
+        return [s for s in self.sources if s.builder.spec.name in chosen]
+
+    def _loader(self, stage: Stage) -> DataLoader:
+        sources = self._stage_sources(stage)
+        weights = [stage.weights.get(s.builder.spec.name, self.tasks[s.builder.spec.name].weight) for s in sources]
+        sampler = MixtureSampler([len(s) for s in sources], mixture_probs(weights, stage.temperature), self.cfg.batch_size,
                                  seed=self.cfg.seed, rank=self.rank, start_batch=self.step * self.cfg.accumulate)
         workers = self.cfg.num_workers
-        return DataLoader(MixtureDataset(self.sources), batch_sampler=sampler, collate_fn=collate,
+        # Its own generator: a loader's start draws its workers' base seed, and from torch's global generator
+        # that draw would leave a resumed run's random state (dropout) off an uninterrupted one's.
+        seeds = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        return DataLoader(MixtureDataset(sources), batch_sampler=sampler, collate_fn=collate, generator=seeds,
                           num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    def _start_stage(self, stage: Stage) -> DataLoader:
+        """Freeze the stage's parts and draw from its mixture, from the current step on."""
+        self._set_frozen(self.frozen_names(stage.freeze, f"{stage.field}.freeze"))
+        if self.staged:
+            log.info("stage %s: steps %d to %d, tasks %s, lr %g, frozen %s", stage.name, stage.start + 1, stage.end,
+                     ", ".join(stage.tasks or [s.builder.spec.name for s in self.sources]), stage.lr,
+                     ", ".join(stage.freeze) or "nothing")
+        return self._loader(stage)
 
     # ------------------------------------------------------------------ loop
     def _to_device(self, batch: Batch) -> Batch:
@@ -243,6 +299,8 @@ class Trainer:
     def fit(self, steps: int | None = None) -> dict:
         """Train to ``steps`` (default: the config's), saving and evaluating on the way."""
         total = steps or self.cfg.steps
+        if self.staged:  # the stages fix the schedule
+            self.schedule_steps = self.stages[-1].end
         if self.schedule_steps is None:
             self.schedule_steps = total
         elif total > self.schedule_steps and self.step < total:
@@ -252,12 +310,18 @@ class Trainer:
                         self.schedule_steps, total, self.schedule_steps)
         if self.step >= total:
             return self.evaluate() if self.evaluate_fn else {}
-        loader = iter(self._loader())
+        plan = self.stages if self.staged else [replace(self.stages[0], steps=self.schedule_steps)]
+        stage = loader = None
         self.model.train()
         bar = tqdm(total=total, initial=self.step, disable=self.rank != 0 or None, desc="train", dynamic_ncols=True)
         window_loss, window_tasks, window_examples, t0 = [], defaultdict(list), 0, time.perf_counter()
         while self.step < total:
-            lr = lr_at(self.step, base=self.cfg.lr, warmup=self.cfg.warmup, total=self.schedule_steps,
+            if stage is not stage_at(plan, self.step):  # a stage boundary, or the first step: rebuild the sampler
+                stage = stage_at(plan, self.step)
+                loader = iter(self._start_stage(stage))
+                if self.staged:
+                    bar.set_description(f"train {stage.name}")
+            lr = lr_at(self.step - stage.start, base=stage.lr, warmup=stage.warmup, total=stage.steps,
                        min_ratio=self.cfg.min_lr_ratio)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
@@ -274,16 +338,18 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             bar.update(1)
-            if self.step % self.cfg.log_every == 0 or self.step == total:
+            stage_done = self.staged and self.step == stage.end  # a log row and a checkpoint at every stage's end
+            if self.step % self.cfg.log_every == 0 or self.step == total or stage_done:
                 elapsed = time.perf_counter() - t0
-                row = {"step": self.step, "loss": sum(window_loss) / len(window_loss), "lr": lr,
+                row = {"step": self.step, **({"stage": stage.name} if self.staged else {}),
+                       "loss": sum(window_loss) / len(window_loss), "lr": lr,
                        "grad_norm": float(grad_norm), "examples_per_s": window_examples / elapsed}
                 # loss/TASK: the task's mean per-token loss; share/TASK: its share of the optimised loss
                 row.update({k: sum(v) / len(v) for k, v in sorted(window_tasks.items())})
                 self._log(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", ex_s=f"{row['examples_per_s']:.0f}")
                 window_loss, window_tasks, window_examples, t0 = [], defaultdict(list), 0, time.perf_counter()
-            if self.step % self.cfg.save_every == 0 or self.step == total:
+            if self.step % self.cfg.save_every == 0 or self.step == total or stage_done:
                 self.save()
             if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and self.step != total:
                 self.evaluate()
@@ -295,6 +361,10 @@ class Trainer:
         if self.rank == 0:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
                      "schedule_steps": self.schedule_steps}
+            if self.staged:  # the stage of the last step done, and how far into it (resume needs only the step)
+                done = stage_at(self.stages, max(self.step - 1, 0))
+                state.update(stage=done.name, stage_step=self.step - done.start,
+                             stages=[{"name": s.name, "steps": s.steps} for s in self.stages])
             # always float32: resume must be exact (release copies in bf16: `unitok export --dtype bfloat16`)
             save_checkpoint(self.ckpt_dir, self.model, self.codec, self.tasks, self.run, trainer_state=state)
         if self.world > 1:
@@ -314,27 +384,8 @@ class Trainer:
     def _log(self, row: dict, name: str = "log.csv") -> None:
         if self.rank != 0:
             return
-        path = self.out / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = list(csv.DictReader(path.open())) if path.exists() else []
-        rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
-        log.info("%s", " ".join(f"{k}={v}" for k, v in rows[-1].items()))
+        written = self.logs.write(row, name)
+        log.info("%s", " ".join(f"{k}={v}" for k, v in written.items()))
 
     def _truncate_log(self, step: int) -> None:
-        for name in ("log.csv", "eval.csv"):
-            path = self.out / name
-            if not path.exists():
-                continue
-            rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= step]
-            fields = list(dict.fromkeys(k for r in rows for k in r)) or ["step"]
-            with path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields)
-                w.writeheader()
-                w.writerows(rows)
+        self.logs.truncate(step)

@@ -1,20 +1,21 @@
 """Train the VQ-VAE tokenizers and measure how faithfully their codes round-trip.
 
-    python -m unitok.modalities.vq_train --what image --out tokenizers/image_vq --steps 5000
-    python -m unitok.modalities.vq_train --what dense --out tokenizers/dense_vq --steps 2400
+    python -m unitok.train.vq --what image --out tokenizers/image_vq --steps 5000
+    python -m unitok.train.vq --what dense --out tokenizers/dense_vq --steps 2400
 
 Training data is world scenes by default (``unitok.data.world``, split ``train``); any iterable of record
 dicts works too (``--records path/to/lmdb`` reads a ``RecordStore``), resized to the tokenizer's size.
 Quality is measured on held-out scenes (split ``val``): PSNR/SSIM for images, mIoU / mask IoU / depth
-AbsRel and delta<1.25 for dense maps, plus codebook perplexity and the fraction of codes used.
+AbsRel and delta<1.25 for dense maps, plus codebook perplexity and the fraction of codes used. The metric
+formulas are ``unitok.metrics``, the evaluators' own; the optimiser and schedule are the ``Trainer``'s
+(``unitok.train.optim``).
 
-The ``unitok tokenizers train`` CLI reuses ``add_train_arguments`` and ``run_from_args``.
+``unitok tokenizers train --what image|dense`` runs ``main``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,9 +26,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from unitok.data.schema import decode_png, decode_rgb
-from unitok.data.world import SHAPES, WorldConfig, make_scene
-from unitok.modalities.vqvae import DenseTokenizer, DepthBins, ImageTokenizer, VQVAEConfig, load_tokenizer
+from ..data.schema import DEPTH_SCALE, decode_png, decode_rgb, depth_metres
+from ..data.store import RecordStore
+from ..data.world import SHAPES, WorldConfig, make_scene
+from ..metrics import class_ious, confusion_counts, mean_depth_errors, pixel_accuracy, psnr, ssim
+from ..modalities.vq.config import MAP_KINDS, DepthBins, VQVAEConfig
+from ..modalities.vq.tokenizer import DenseTokenizer, ImageTokenizer, load_tokenizer
+from .optim import adamw, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +83,12 @@ def record_masks(record: dict, size: int | None = None) -> list[np.ndarray]:
 
 
 def record_depth(record: dict, size: int | None = None) -> np.ndarray | None:
-    """(H, W) float32 metres from ``record['depth']`` (uint16 PNG, millimetres); None when the record has
-    no depth map (imported photos), so such records train only the segmentation and mask kinds."""
+    """(H, W) float32 metres from ``record['depth']`` (uint16 PNG, ``DEPTH_SCALE`` units), 0 where a pixel
+    has no reading; None when the record has no depth map (imported photos), so such records train only the
+    segmentation and mask kinds."""
     if record.get("depth") is None:
         return None
-    mm = decode_png(record["depth"], what=f"{record.get('id', '?')}: depth").astype(np.float32)
-    depth = np.maximum(mm, 1.0) / 1000.0  # 0 mm would be "no reading"; keep depths positive
+    depth = depth_metres(decode_png(record["depth"], what=f"{record.get('id', '?')}: depth"))
     if size is not None and depth.shape != (size, size):
         depth = np.asarray(Image.fromarray(depth, mode="F").resize((size, size), Image.NEAREST))
     return depth.astype(np.float32)
@@ -109,44 +114,17 @@ def _take(records: Iterable[dict] | None, count: int, *, split: str, world_seed:
 
 def load_records(path: str | Path) -> Iterable[dict]:
     """Records of an LMDB store written by ``unitok.data.store``."""
-    from unitok.data.store import RecordStore
-
     return RecordStore(path)
+
+
+def encodable_depth(depth_m: torch.Tensor) -> torch.Tensor:
+    """What the tokenizer encodes for depth: a pixel with no reading (0) becomes 1 mm, the nearest bin.
+    Measurement leaves such pixels out (``depth_quality``)."""
+    return depth_m.clamp_min(1.0 / DEPTH_SCALE)
 
 
 # --------------------------------------------------------------------------------------------------
 # metrics
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of uint8 (B, H, W, C) images; identical images give 100 dB."""
-    mse = (pred.double() - target.double()).pow(2).flatten(1).mean(1)
-    return torch.where(mse > 0, 10 * torch.log10(255.0**2 / mse.clamp_min(1e-12)), torch.full_like(mse, 100.0))
-
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
-def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM of uint8 (B, H, W, C) images (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5,
-    K1 0.01, K2 0.03, valid region, averaged over channels)."""
-    x = pred.permute(0, 3, 1, 2).double() / 255.0
-    y = target.permute(0, 3, 1, 2).double() / 255.0
-    c = x.shape[1]
-    win = _gaussian_window().to(x)[None, None].repeat(c, 1, 1, 1)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, win, groups=c)
-
-    mx, my = blur(x), blur(y)
-    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1)
 
 
 def code_usage(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
@@ -157,28 +135,21 @@ def code_usage(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
     return {"perplexity": float(entropy.exp()), "usage": float((counts > 0).sum() / codebook_size)}
 
 
-def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> tuple[float, float]:
-    """Dataset mIoU (intersections and unions summed over all maps, then averaged over classes present in
-    either), with and without class 0 (background)."""
-    ious = []
-    for k in range(num_classes):
-        p, t = pred == k, target == k
-        union = (p | t).sum()
-        if union > 0:
-            ious.append((k, float((p & t).sum() / union)))
-    all_ = float(np.mean([v for _, v in ious])) if ious else float("nan")
-    fg = [v for k, v in ious if k > 0]
-    return all_, float(np.mean(fg)) if fg else float("nan")
+def segmentation_quality(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """mIoU of class-id maps (N, H, W) over the whole set, as the ``miou`` evaluator computes it
+    (``unitok.metrics``), also over the foreground classes alone (class 0 is background), and pixel accuracy."""
+    counts = confusion_counts(target.numpy(), pred.numpy())
+    ious = class_ious(counts)
+    fg = [v for k, v in ious.items() if k > 0]
+    return {"seg_miou": float(np.mean(list(ious.values()))), "seg_miou_fg": float(np.mean(fg)) if fg else float("nan"),
+            "seg_pixel_acc": pixel_accuracy(counts)}
 
 
-def depth_errors(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    pred, target = pred.double(), target.double()
-    ratio = torch.maximum(pred / target, target / pred)
-    return {
-        "depth_absrel": float(((pred - target).abs() / target).mean()),
-        "depth_delta1": float((ratio < 1.25).double().mean()),
-        "depth_rmse": float((pred - target).pow(2).mean().sqrt()),
-    }
+def depth_quality(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """AbsRel, delta<1.25 and RMSE of depth maps (N, H, W) in metres, as the ``depth`` evaluator computes them
+    (``unitok.metrics``): per image over the pixels with a reading (> 0), averaged over images."""
+    errors = mean_depth_errors(pred.numpy(), target.numpy())
+    return {"depth_absrel": errors["abs_rel"], "depth_delta1": errors["delta1"], "depth_rmse": errors["rmse"]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,7 +184,7 @@ def image_quality(tok: ImageTokenizer, images: torch.Tensor, *, batch_size: int 
 def dense_quality(
     tok: DenseTokenizer, seg: torch.Tensor, masks: torch.Tensor, depth: torch.Tensor, *, batch_size: int = 100
 ) -> dict[str, float]:
-    """Round-trip segmentation (N, H, W) int, masks (M, H, W) bool and depth (N, H, W) metres."""
+    """Round-trip segmentation (N, H, W) int, masks (M, H, W) bool and depth (N, H, W) metres (0: no reading)."""
     out: dict[str, float] = {}
     all_codes = []
 
@@ -222,23 +193,20 @@ def dense_quality(
         for sl in _batches(len(maps), batch_size):
             c = tok.encode(maps[sl], kind)
             all_codes.append(c)
-            dec.append(tok.decode_labels(c, kind).cpu())
+            dec.append(tok.decode(c, kind).cpu())
         return torch.cat(dec)
 
-    seg_hat = round_trip(seg, "segmentation")
-    out["seg_miou"], out["seg_miou_fg"] = mean_iou(seg_hat, seg.long(), tok.num_classes)
-    out["seg_pixel_acc"] = float((seg_hat == seg.long()).double().mean())
+    out.update(segmentation_quality(round_trip(seg, "segmentation"), seg))
     if len(masks):
-        m_hat = round_trip(masks, "mask").bool()
+        m_hat = round_trip(masks, "mask")
         inter = (m_hat & masks).flatten(1).sum(1).double()
         union = (m_hat | masks).flatten(1).sum(1).double().clamp_min(1)
         out["mask_iou"] = float((inter / union).mean())
     if len(depth):
-        d_hat = tok.depth_bins.to_metres(round_trip(depth, "depth"))
-        out.update(depth_errors(d_hat, depth))
+        out.update(depth_quality(round_trip(encodable_depth(depth), "depth"), depth))
         # The part of the depth error that binning alone causes (no codes involved).
-        binned = tok.depth_bins.to_metres(tok.depth_bins.to_bins(depth))
-        out["depth_absrel_binning_only"] = depth_errors(binned, depth)["depth_absrel"]
+        binned = tok.depth_bins.to_metres(tok.depth_bins.to_bins(encodable_depth(depth)))
+        out["depth_absrel_binning_only"] = depth_quality(binned, depth)["depth_absrel"]
     out.update(code_usage(torch.cat(all_codes), tok.codebook_size))
     out["num_maps"] = len(seg)
     return out
@@ -246,7 +214,7 @@ def dense_quality(
 
 def dense_arrays(records: Sequence[dict], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Segmentation (N, H, W) uint8 of every record, instance masks (M, H, W) bool, and depth (N', H, W)
-    metres of the records that have a depth map (N' may be 0)."""
+    metres (0: no reading) of the records that have a depth map (N' may be 0)."""
     seg = torch.from_numpy(np.stack([record_segmentation(r, size) for r in records]))
     masks = [m for r in records for m in record_masks(r, size)]
     mask_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, size, size, dtype=torch.bool)
@@ -277,13 +245,6 @@ def measure_quality(
 # training
 
 
-def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
 def _round_to_storage(model: torch.nn.Module) -> None:
     """Make the in-memory weights exactly what ``save`` stores (float16), so the saved asset encodes
     exactly as the trained model did."""
@@ -302,7 +263,8 @@ class _Loop:
         self.time_budget_s, self.log_every, self.what = time_budget_s, log_every, what
         self.gen = torch.Generator().manual_seed(seed)
         self.threads = threads
-        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=1e-4)
+        # Every weight decays, norms and biases too: the recipe the shipped assets were trained with.
+        self.opt = adamw(model, lr=lr, betas=(0.9, 0.99), weight_decay=1e-4, decays=lambda name, param: True)
 
     def run(self, loss_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]], codebook_size: int) -> dict:
         # One thread by default: on a machine whose cores other jobs also use, two OpenMP threads spend most
@@ -315,8 +277,9 @@ class _Loop:
         step, loss_v = 0, float("nan")
         try:
             for step in range(self.steps):
+                lr = lr_at(step, base=self.lr, warmup=min(100, self.steps // 10 + 1), total=self.steps, min_ratio=0.1)
                 for g in self.opt.param_groups:
-                    g["lr"] = _lr_at(step, self.steps, self.lr, warmup=min(100, self.steps // 10 + 1))
+                    g["lr"] = lr
                 loss, codes = loss_fn(step, self.gen)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -410,9 +373,9 @@ def fit_dense_tokenizer(
     labels = {
         "segmentation": tok.segmentation_labels(seg),
         "mask": masks.long(),
-        "depth": tok.depth_bins.to_bins(depth_m),
+        "depth": tok.depth_bins.to_bins(encodable_depth(depth_m)),
     }
-    for kind in ("mask", "depth"):
+    for kind in MAP_KINDS:
         if not len(labels[kind]):
             log.warning("dense: no %s maps in the training records; that kind stays untrained", kind)
             del labels[kind]
@@ -461,7 +424,7 @@ def _probe_codes(tok: ImageTokenizer | DenseTokenizer) -> torch.Tensor:
     if isinstance(tok, ImageTokenizer):
         return tok.encode(torch.from_numpy(np.stack([record_image(r, size) for r in recs])))
     seg, masks, depth = dense_arrays(recs, size)
-    return torch.cat([tok.encode_segmentation(seg), tok.encode_mask(masks), tok.encode_depth(depth)])
+    return torch.cat([tok.encode_segmentation(seg), tok.encode_mask(masks), tok.encode_depth(encodable_depth(depth))])
 
 
 def train_image_tokenizer(out: str | Path | None, *, n_val: int = 200, command: str | None = None,
@@ -524,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = add_train_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
-    result = run_from_args(args, command="python -m unitok.modalities.vq_train " + " ".join(argv))
+    result = run_from_args(args, command="python -m unitok.train.vq " + " ".join(argv))
     print(json.dumps({k: v for k, v in result.items() if k != "spec"}, indent=2))
     return 0
 

@@ -2,362 +2,33 @@
 
 Unified-IO writes image outputs as VQ-GAN codes; UViM writes dense outputs (segmentation, depth) as
 codes of a small VQ-VAE trained on the maps themselves. Here both are small convolutional VQ-VAEs whose
-quantizer is vector-quantize-pytorch's ``VectorQuantize``. ``ImageTokenizer`` turns an RGB image into an
-``h x w`` grid of codes and back; ``DenseTokenizer`` does the same for three kinds of map -- semantic
-segmentation, binary instance masks and depth -- with one shared codebook, so the unified vocabulary
-needs one dense-code block whatever the map kind.
+quantizer is vector-quantize-pytorch's ``VectorQuantize`` (``networks.py``; sizes in ``config.py``).
+``ImageTokenizer`` turns an RGB image into an ``h x w`` grid of codes and back; ``DenseTokenizer`` does
+the same for three kinds of map -- semantic segmentation, binary instance masks and depth -- with one
+shared codebook, so the unified vocabulary needs one dense-code block whatever the map kind.
 
 Assets are two files, never pickle: ``<prefix>.safetensors`` (weights, stored float16) and
 ``<prefix>.json`` (the spec: architecture, codebook size, grid, image size, map kinds, ``format_version``,
 and the sha256 of the weights). The vocabulary sizes its code blocks from ``spec()``.
 
-Dimension letters in shape notes: B batch, H W image/map size, h w code grid, C channels,
-D latent dim, K codebook size, N classes of one map kind.
+Dimension letters in shape notes: B batch, H W image/map size, h w code grid.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn as nn
-from einops import rearrange
 from safetensors.torch import load_file, save_file
 
-from ..errors import UniTokError
+from .config import MAP_KINDS, DepthBins, TokenizerSpecError, VQVAEConfig
+from .networks import DenseVQVAE, ImageVQVAE
 
 FORMAT_VERSION = 1
-MAP_KINDS = ("segmentation", "mask", "depth")
-
-
-class TokenizerSpecError(UniTokError, ValueError):
-    """An asset or an expected spec does not match this tokenizer."""
-
-
-# --------------------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass(frozen=True)
-class VQVAEConfig:
-    """Sizes of one VQ-VAE. The code grid is ``image_size / (patch * 2**(len(channels) - 1))``.
-
-    The stem cuts the input into ``patch x patch`` pieces (a strided conv, as a ViT patch embedding) and the
-    decoder ends with a pixel shuffle of the same factor: no convolution runs at full resolution, which is
-    what makes these models trainable in minutes on two CPU cores.
-    """
-
-    image_size: tuple[int, int] = (64, 64)
-    patch: int = 4
-    # Width at each resolution; each stage after the first halves it. (64, 128) measured no better on the
-    # world at several times the cost per step (tokenizers/README.md).
-    channels: tuple[int, ...] = (32, 64)
-    res_blocks: int = 1  # encoder residual blocks per resolution
-    decoder_res_blocks: int = 2  # the decoder does the harder half of the work
-    latent_dim: int = 32  # D: what the decoder receives per code
-    embed_dim: int = 16  # dense maps: width of the per-pixel label embedding
-    codebook_size: int = 512  # K
-    # Codes are looked up in a low-dimensional space (ViT-VQGAN's factorised codes): more of the codebook
-    # gets used than when matching in the full latent space.
-    codebook_dim: int = 16
-    cosine_codebook: bool = False
-    ema_decay: float = 0.9
-    commitment_weight: float = 0.25
-    kmeans_init: bool = True  # initialise the codebook by k-means on the first training batch
-    # Codes whose EMA usage count per batch falls below this are re-seeded from the batch. Keep it well under
-    # the mean count (batch * h * w / K, 2 for batch 16 at 8x8 and K 512), or live codes churn.
-    dead_code_threshold: float = 0.1
-    # "vq": VectorQuantize (learned EMA codebook). "fsq": finite scalar quantisation (Mentzer et al. 2023),
-    # an implicit grid codebook of prod(fsq_levels) codes with nothing to collapse; codebook_size must match.
-    quantizer: str = "vq"
-    fsq_levels: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        object.__setattr__(self, "fsq_levels", tuple(int(v) for v in self.fsq_levels))
-        if self.quantizer not in ("vq", "fsq"):
-            raise ValueError(f"quantizer must be 'vq' or 'fsq'; got {self.quantizer!r}")
-        if self.quantizer == "fsq" and math.prod(self.fsq_levels) != self.codebook_size:
-            raise ValueError(
-                f"fsq_levels {self.fsq_levels} give {math.prod(self.fsq_levels)} codes, not codebook_size {self.codebook_size}"
-            )
-        if len(self.image_size) != 2:
-            raise ValueError(f"image_size must be (H, W); got {self.image_size}")
-        if not self.channels:
-            raise ValueError("channels must list at least one stage")
-        if self.patch < 1:
-            raise ValueError(f"patch must be >= 1; got {self.patch}")
-        factor = self.patch * 2 ** (len(self.channels) - 1)
-        for side in self.image_size:
-            if side % factor:
-                raise ValueError(
-                    f"image_size {self.image_size} is not divisible by patch * 2**(len(channels)-1) = {factor}"
-                )
-        if self.codebook_size < 2:
-            raise ValueError(f"codebook_size must be >= 2; got {self.codebook_size}")
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        factor = self.patch * 2 ** (len(self.channels) - 1)
-        return (self.image_size[0] // factor, self.image_size[1] // factor)
-
-    @classmethod
-    def for_grid(cls, image_size: int | tuple[int, int], grid: int, **overrides: Any) -> "VQVAEConfig":
-        """A config with a ``grid x grid`` code grid for a square image: one more 2x stage per halving."""
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        patch = int(overrides.pop("patch", cls.patch))
-        if size[0] != size[1] or grid <= 0 or size[0] % (grid * patch):
-            raise ValueError(f"grid {grid} with patch {patch} does not tile square image_size {size}")
-        ratio = size[0] // (grid * patch)
-        if ratio & (ratio - 1):
-            raise ValueError(f"image_size {size} / (grid {grid} * patch {patch}) = {ratio} is not a power of two")
-        base = overrides.pop("channels", None) or cls.channels
-        stages = int(math.log2(ratio)) + 1
-        widths = tuple(base[min(i, len(base) - 1)] for i in range(stages))
-        return cls(image_size=size, patch=patch, channels=widths, **overrides)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VQVAEConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TokenizerSpecError(f"model spec has unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
-
-
-@dataclass(frozen=True)
-class DepthBins:
-    """Depth in metres <-> bin ids, log-spaced: equal *relative* error at every distance (what AbsRel
-    measures). Depths outside ``[min_m, max_m]`` are clamped into the end bins."""
-
-    min_m: float = 1.0  # the world's depth spans 1.6 m (near cards) to 11.5 m (far ground)
-    max_m: float = 12.0
-    bins: int = 64  # 3.9% wide bins: binning alone costs ~1% AbsRel
-
-    def __post_init__(self) -> None:
-        if not 0 < self.min_m < self.max_m:
-            raise ValueError(f"depth range must satisfy 0 < min_m < max_m; got [{self.min_m}, {self.max_m}]")
-        if self.bins < 2:
-            raise ValueError(f"depth bins must be >= 2; got {self.bins}")
-
-    def _log_edges(self) -> torch.Tensor:
-        return torch.linspace(math.log(self.min_m), math.log(self.max_m), self.bins + 1, dtype=torch.float64)
-
-    def to_bins(self, depth_m: torch.Tensor) -> torch.Tensor:
-        inner = self._log_edges()[1:-1].to(depth_m.device)
-        return torch.bucketize(depth_m.double().clamp_min(1e-6).log(), inner)
-
-    def to_metres(self, bins: torch.Tensor) -> torch.Tensor:
-        edges = self._log_edges()
-        centres = ((edges[:-1] + edges[1:]) / 2).exp().float().to(bins.device)  # geometric bin centres
-        return centres[bins]
-
-    def to_dict(self) -> dict:
-        return {"min_m": self.min_m, "max_m": self.max_m, "bins": self.bins, "spacing": "log"}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DepthBins":
-        if data.get("spacing", "log") != "log":
-            raise TokenizerSpecError(f"depth.spacing: only 'log' is supported; got {data.get('spacing')!r}")
-        return cls(min_m=float(data["min_m"]), max_m=float(data["max_m"]), bins=int(data["bins"]))
-
-
-# --------------------------------------------------------------------------------------------------
-# networks
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    # GroupNorm, not BatchNorm: a code must not depend on what else is in the batch.
-    return nn.GroupNorm(min(8, channels), channels)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.block = nn.Sequential(
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
-
-
-class Encoder(nn.Module):
-    """(B, C_in, H, W) -> (B, D, h, w)."""
-
-    def __init__(self, in_channels: int, cfg: VQVAEConfig):
-        super().__init__()
-        width = cfg.channels[0]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, cfg.patch, stride=cfg.patch)]
-        for i, c in enumerate(cfg.channels):
-            if i:
-                layers.append(nn.Conv2d(width, c, 4, stride=2, padding=1))
-            layers.extend(ResBlock(c) for _ in range(cfg.res_blocks))
-            width = c
-        layers += [_norm(width), nn.SiLU(), nn.Conv2d(width, cfg.latent_dim, 1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class Decoder(nn.Module):
-    """(B, D, h, w) -> (B, out_channels, H, W): conv stages up to H/patch, then a pixel shuffle."""
-
-    def __init__(self, cfg: VQVAEConfig, out_channels: int, head_kernel: int = 3):
-        super().__init__()
-        widths = cfg.channels
-        self.inp = nn.Conv2d(cfg.latent_dim, widths[-1], 3, padding=1)
-        layers: list[nn.Module] = []
-        for i in range(len(widths) - 1, -1, -1):  # from the coarsest stage up
-            layers.extend(ResBlock(widths[i]) for _ in range(cfg.decoder_res_blocks))
-            if i:
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i], widths[i - 1], 3, padding=1)]
-        layers += [
-            _norm(widths[0]), nn.SiLU(),
-            nn.Conv2d(widths[0], out_channels * cfg.patch**2, head_kernel, padding=head_kernel // 2),
-            nn.PixelShuffle(cfg.patch),
-        ]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.inp(z)
-        if bias is not None:  # (B, C) conditioning, e.g. which kind of map to draw
-            h = h + bias[:, :, None, None]
-        return self.net(h)
-
-
-class Quantizer(nn.Module):
-    """Codes for a feature map: (B, D, h, w) -> quantised (B, D, h, w), codes (B, h, w), commitment loss."""
-
-    def __init__(self, cfg: VQVAEConfig):
-        super().__init__()
-        # imported here: vector-quantize-pytorch (through einx) costs seconds to import, and most commands
-        # (tasks list, data, eval of text tasks) never build a quantizer
-        from vector_quantize_pytorch import FSQ, VectorQuantize
-
-        self.kind = cfg.quantizer
-        if cfg.quantizer == "fsq":
-            self.vq = FSQ(levels=list(cfg.fsq_levels), dim=cfg.latent_dim)
-        else:
-            self.vq = VectorQuantize(
-                dim=cfg.latent_dim,
-                codebook_size=cfg.codebook_size,
-                codebook_dim=cfg.codebook_dim,
-                use_cosine_sim=cfg.cosine_codebook,
-                decay=cfg.ema_decay,
-                commitment_weight=cfg.commitment_weight,
-                kmeans_init=cfg.kmeans_init,
-                threshold_ema_dead_code=cfg.dead_code_threshold,
-            )
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h, w = z.shape[-2:]
-        flat = rearrange(z, "b d h w -> b (h w) d")
-        if self.kind == "fsq":
-            zq, codes = self.vq(flat)
-            commit = flat.new_zeros(())
-        else:
-            initted = self.vq._codebook.initted
-            if self.training or bool(initted):
-                zq, codes, commit = self.vq(flat)
-            else:
-                # VectorQuantize k-means-initialises its codebook on the first batch it sees, training or not;
-                # at inference that would make codes depend on whatever was encoded first. An untrained
-                # tokenizer (tests, smoke runs) instead encodes against its all-zero codebook: every code 0.
-                initted.fill_(True)
-                try:
-                    zq, codes, commit = self.vq(flat)
-                finally:
-                    initted.fill_(False)
-        return rearrange(zq, "b (h w) d -> b d h w", h=h, w=w), codes.view(-1, h, w), commit
-
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, h, w) -> quantised latents (B, D, h, w)."""
-        h, w = codes.shape[-2:]
-        flat = codes.flatten(1)
-        zq = self.vq.indices_to_codes(flat) if self.kind == "fsq" else self.vq.get_output_from_indices(flat)
-        return rearrange(zq, "b (h w) d -> b d h w", h=h, w=w)  # zq: (B, h*w, D)
-
-
-class ImageVQVAE(nn.Module):
-    """RGB in [-1, 1] -> codes -> RGB."""
-
-    def __init__(self, cfg: VQVAEConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(3, cfg)
-        self.quantizer = Quantizer(cfg)
-        self.decoder = Decoder(cfg, 3)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quantizer(self.encoder(x))[1]
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.quantizer.lookup(codes))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, 3, H, W) -> reconstruction (B, 3, H, W), codes (B, h, w), commitment loss."""
-        zq, codes, commit = self.quantizer(self.encoder(x))
-        return self.decoder(zq), codes, commit
-
-
-class DenseVQVAE(nn.Module):
-    """Label maps of several kinds through one shared encoder, codebook and decoder.
-
-    Every map kind is a per-pixel label (segmentation class, mask on/off, depth bin). A per-kind embedding
-    table turns labels into features, and a per-kind bias tells the decoder which kind to draw, so codes are
-    shared across kinds while each kind keeps its own input table and output head (logits over its labels).
-    The decoder draws ``embed_dim`` full-resolution features (a 1x1 conv + pixel shuffle: cheap even for 64
-    depth bins) that each kind's 1x1 head turns into logits.
-    """
-
-    def __init__(self, cfg: VQVAEConfig, num_labels: Mapping[str, int]):
-        super().__init__()
-        self.cfg = cfg
-        self.kinds = tuple(num_labels)
-        self.embed = nn.ModuleDict({k: nn.Embedding(n, cfg.embed_dim) for k, n in num_labels.items()})
-        self.kind_bias = nn.Embedding(len(self.kinds), cfg.channels[-1])
-        self.encoder = Encoder(cfg.embed_dim, cfg)
-        self.quantizer = Quantizer(cfg)
-        self.decoder = Decoder(cfg, cfg.embed_dim, head_kernel=1)
-        self.heads = nn.ModuleDict(
-            {k: nn.Sequential(nn.SiLU(), nn.Conv2d(cfg.embed_dim, n, 1)) for k, n in num_labels.items()}
-        )
-
-    def _bias(self, kind: str, batch: int, device: torch.device) -> torch.Tensor:
-        idx = torch.full((batch,), self.kinds.index(kind), dtype=torch.long, device=device)
-        return self.kind_bias(idx)
-
-    def _embed(self, labels: torch.Tensor, kind: str) -> torch.Tensor:
-        return rearrange(self.embed[kind](labels), "b h w c -> b c h w")
-
-    def encode(self, labels: torch.Tensor, kind: str) -> torch.Tensor:
-        return self.quantizer(self.encoder(self._embed(labels, kind)))[1]
-
-    def decode_logits(self, codes: torch.Tensor, kind: str) -> torch.Tensor:
-        zq = self.quantizer.lookup(codes)
-        return self.heads[kind](self.decoder(zq, self._bias(kind, zq.shape[0], zq.device)))
-
-    def forward(self, labels: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """labels (B, H, W) long -> logits (B, N, H, W), codes (B, h, w), commitment loss."""
-        zq, codes, commit = self.quantizer(self.encoder(self._embed(labels, kind)))
-        logits = self.heads[kind](self.decoder(zq, self._bias(kind, zq.shape[0], zq.device)))
-        return logits, codes, commit
-
-
-# --------------------------------------------------------------------------------------------------
-# tokenizers: validation, encode/decode, spec, save/load
 
 
 def _asset_paths(path: str | Path) -> tuple[Path, Path]:
@@ -728,6 +399,13 @@ class DenseTokenizer(_VQTokenizer):
     def decode_depth(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, h, w) -> depth (B, H, W) float32 metres (bin centres)."""
         return self.depth_bins.to_metres(self.decode_labels(codes, "depth"))
+
+    def decode(self, codes: torch.Tensor, kind: str) -> torch.Tensor:
+        """codes (B, h, w) -> maps (B, H, W) of ``kind`` in its own units: class ids, bool masks or metres."""
+        labels = self.decode_labels(codes, kind)
+        if kind == "depth":
+            return self.depth_bins.to_metres(labels)
+        return labels.bool() if kind == "mask" else labels
 
 
 def load_tokenizer(path: str | Path, **kwargs: Any) -> ImageTokenizer | DenseTokenizer:

@@ -1,0 +1,1 @@
+"""VQ-VAE tokenizers: ``config`` (sizes, depth bins, map kinds), ``networks``, ``tokenizer`` (encode/decode, assets)."""

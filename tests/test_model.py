@@ -28,8 +28,24 @@ def inputs(b=3):
     return prompt, prompt_mask, target, images, image_mask
 
 
-def test_forward_backward_reaches_every_used_parameter():
-    m = make()
+OPTIONS = [{}, {"block": "parallel"}, {"video_attention": "divided"},
+           {"block": "parallel", "video_attention": "divided"}]
+OPTION_IDS = ["default", "parallel", "divided", "parallel+divided"]
+
+
+def with_time_mixing(m: UniTokModel) -> UniTokModel:
+    """Divided attention's output projection across slots starts at zero: give it weights, so that tests
+    see it act."""
+    with torch.no_grad():
+        for block in m.encoder:
+            if block.time_attn is not None:
+                block.time_attn.out.weight.normal_(std=0.2)
+    return m
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+def test_forward_backward_reaches_every_used_parameter(options):
+    m = with_time_mixing(make(**options))
     p, pm, t, im, imm = inputs()
     patch_mask = torch.zeros(3, 2, 16, dtype=torch.bool)
     patch_mask[1, 0, :5] = True  # masked image modelling hides some patches behind the mask embedding
@@ -41,20 +57,25 @@ def test_forward_backward_reaches_every_used_parameter():
         assert torch.isfinite(param.grad).all(), name
 
 
-def test_cached_decoding_equals_uncached():
-    m = make().eval()
+@pytest.mark.parametrize("options", OPTIONS[:2], ids=OPTION_IDS[:2])
+def test_cached_decoding_equals_uncached(options):
+    m = make(**options).eval()
     p, pm, t, im, imm = inputs()
     with torch.no_grad():
         full = m(p, pm, t, im, imm)
         memory, mask = m.encode(p, pm, im, imm)
         caches = m.new_caches(3, 16, torch.float32, "cpu")
         stepwise = torch.cat([m.decode(t[:, i:i + 1], memory, mask, caches) for i in range(t.shape[1])], 1)
+        steps = m.start_caches(memory, 16, mask)  # the one-query step path (what generation and compile use)
+        one_by_one = torch.stack([m.decode_step(t[:, i], steps, mask) for i in range(t.shape[1])], 1)
     torch.testing.assert_close(stepwise, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_by_one, full, atol=1e-5, rtol=1e-5)
 
 
-def test_multiway_routes_tokens_to_their_modality_expert():
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+def test_multiway_routes_tokens_to_their_modality_expert(options):
     """Patches use the vision expert and prompt tokens the text expert: each gets gradient only from its own."""
-    m = make()
+    m = with_time_mixing(make(**options))
     p, pm, t, _, _ = inputs()
     # Text only: the encoder's vision expert must receive no gradient.
     m(p, pm, t).sum().backward()
@@ -68,8 +89,9 @@ def test_multiway_routes_tokens_to_their_modality_expert():
     assert dec_ffn[1].up.weight.grad is None or dec_ffn[1].up.weight.grad.abs().sum() == 0
 
 
-def test_padding_and_absent_images_do_not_change_outputs():
-    m = make().eval()
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+def test_padding_and_absent_images_do_not_change_outputs(options):
+    m = with_time_mixing(make(**options)).eval()
     p, pm, t, im, imm = inputs()
     with torch.no_grad():
         a = m(p, pm, t, im, imm)
@@ -79,6 +101,65 @@ def test_padding_and_absent_images_do_not_change_outputs():
         p2[0, 5:] = 7  # padded prompt positions of row 0
         b = m(p2, pm, t, im2, imm)
     torch.testing.assert_close(a, b)
+
+
+def test_block_options_are_validated_and_the_default_keeps_its_parameter_names():
+    for name in ("block", "video_attention"):
+        with pytest.raises(ValueError, match=f"model.{name} must be"):
+            make(**{name: "diagonal"})
+    names = set(make().state_dict())  # sequential + joint: the names every existing checkpoint has
+    assert {"encoder.0.norm2.weight", "decoder.0.norm2.weight", "decoder.0.norm3.weight"} <= names
+    assert not any("time_" in n for n in names)
+    parallel = set(make(block="parallel").state_dict())
+    assert parallel == {n for n in names if not n.endswith(("norm2.weight", "norm3.weight"))}
+    divided = set(make(video_attention="divided").state_dict())
+    assert names < divided and all(".time_" in n for n in divided - names)
+
+
+def test_divided_attention_with_one_frame_equals_joint_until_it_learns_across_frames():
+    """Across-slot attention starts at zero output (TimeSformer), and with one slot the spatial attention
+    sees every token: a divided model with a joint model's weights computes the same function on one frame."""
+    joint = make().eval()
+    divided = make(video_attention="divided").eval()
+    missing, unexpected = divided.load_state_dict(joint.state_dict(), strict=False)
+    assert not unexpected and missing and all(".time_" in n for n in missing)
+    p, pm, t, im, imm = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(divided(p, pm, t, im[:, :1], imm[:, :1]), joint(p, pm, t, im[:, :1], imm[:, :1]))
+        assert not torch.allclose(divided(p, pm, t, im, imm), joint(p, pm, t, im, imm))  # several slots: it differs
+        torch.testing.assert_close(divided(p, pm, t), joint(p, pm, t))  # text only: no slots at all
+
+
+def test_attention_across_slots_reads_the_same_patch_position_of_present_slots_only():
+    from unitok.model.layers import Slots
+
+    block = with_time_mixing(make(video_attention="divided")).encoder[0]
+    b, n, p, length = 2, 3, 16, 5
+    x = torch.randn(b, n * p + length, 64)
+    image_mask = torch.tensor([[True, True, False], [True, True, True]])
+    mask = torch.cat([image_mask.repeat_interleave(p, 1), torch.ones(b, length, dtype=torch.bool)], 1)
+    slots = Slots.of(image_mask, p, mask)
+    x2 = x.clone()
+    x2[:, p + 3] += 1.0  # slot 1, patch 3
+    x2[0, 2 * p:3 * p] = 50.0  # row 0's absent slot 2
+    with torch.no_grad():
+        diff = (block.across_slots(x, slots) - block.across_slots(x2, slots)).abs().amax(-1)  # (B, S)
+    changed = diff > 1e-6
+    want = torch.zeros_like(changed)
+    want[:, [3, p + 3, 2 * p + 3]] = True  # patch 3 of every slot (row 0's absent slot 2 reads slot 1 too) ...
+    want[0, 2 * p:3 * p] = True  # ... and row 0's absent slot, whose own content changed
+    assert torch.equal(changed, want)
+    assert torch.equal(block.across_slots(x, slots)[:, n * p:], x[:, n * p:])  # the prompt passes through
+
+
+def test_eight_frames_need_max_images_8():
+    m = make(video_attention="divided", max_images=8).eval()
+    p, pm, t, _, _ = inputs()
+    frames = torch.randn(3, 8, 3, 32, 32)
+    with torch.no_grad():
+        assert m(p, pm, t, frames, torch.ones(3, 8, dtype=torch.bool)).shape == (3, 9, V)
+    with pytest.raises(ValueError, match="max_images"):
+        make(video_attention="divided")(p, pm, t, frames)
 
 
 def test_shared_expert_layers_and_single_ffn_ablation():

@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, field, fields
 # annotation -> (accepted types, what the error says); bool is an int in Python, so it is refused for int/float
 _SCALARS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "bool": ((bool,), "a boolean"),
             "str": ((str,), "a string")}
+# string fields that name one of a few options: field -> the options
+_CHOICES = {"patch_stem": ("linear", "conv", "deep"), "init": ("fan_in", "gpt2"), "block": ("sequential", "parallel"),
+            "video_attention": ("joint", "divided")}
 
 
 @dataclass
@@ -23,6 +26,10 @@ class ModelConfig:
     #                           convolutions); "deep": conv stages with stride-1 convs and GroupNorm
     init: str = "fan_in"  # "fan_in": every weight matrix and embedding at std 1/sqrt(fan-in); "gpt2": std 0.02,
     #                      residual output projections also scaled by 1/sqrt(2 * layers)
+    block: str = "sequential"  # "sequential": attention, then FFN, each with its own pre-norm; "parallel": every
+    #                           sublayer of a block reads one norm of its input, their outputs summed (ViT-22B)
+    video_attention: str = "joint"  # "joint": every token attends to all tokens; "divided": encoder blocks attend
+    #                                 across image slots at each patch position, then within each slot (TimeSformer)
     region_marks: bool = False  # patches inside a box given in the prompt get a learned mark (see UniTokModel)
     box_readout: bool = False  # decoder: a box's last coordinate brings in the mean of the patches it covers
     bow_head: bool = False  # a bag-of-target-tokens head on the pooled encoder output (train.bow_weight)
@@ -63,10 +70,10 @@ class ModelConfig:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.image_size % self.patch_size:
             raise ValueError(f"model.image_size ({self.image_size}) must be divisible by model.patch_size ({self.patch_size})")
-        if self.patch_stem not in ("linear", "conv", "deep"):
-            raise ValueError(f"model.patch_stem must be 'linear', 'conv' or 'deep', got {self.patch_stem!r}")
-        if self.init not in ("fan_in", "gpt2"):
-            raise ValueError(f"model.init must be 'fan_in' or 'gpt2', got {self.init!r}")
+        for name, options in _CHOICES.items():
+            if getattr(self, name) not in options:
+                listed = ", ".join(repr(o) for o in options[:-1]) + f" or {options[-1]!r}"
+                raise ValueError(f"model.{name} must be {listed}, got {getattr(self, name)!r}")
         if self.patch_stem in ("conv", "deep") and self.patch_size & (self.patch_size - 1):
             raise ValueError(f"model.patch_stem 'conv' needs a power-of-two patch_size, got {self.patch_size}")
         if self.shared_expert_layers > self.enc_layers:

@@ -1,12 +1,16 @@
 """Transformer layers: attention with QK-norm and a KV cache, Multiway FFN experts, blocks.
 
 Shape letters: B batch, T target (decoder) length, S source (encoder) length, H heads,
-D model width, Dh head width, E experts.
+D model width, Dh head width, E experts; for divided space-time attention N image slots, P patches
+per slot, L prompt length (S = N * P + L).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from .config import ModelConfig
@@ -86,6 +90,29 @@ class KVCache:
         self.rows = {k: v.index_select(0, index) for k, v in self.rows.items()}
 
 
+@dataclass
+class Slots:
+    """Where the image slots sit in the encoder's input, for divided space-time attention
+    (``model.video_attention: divided``): the first ``n * patches`` tokens, slot by slot, then the prompt."""
+    n: int
+    patches: int
+    time_mask: torch.Tensor  # (B*P, 1, N, N): a slot attends to the present slots and to itself
+    space_mask: torch.Tensor  # (B*N, 1, 1, P + L): a slot's patches attend to their own slot and the valid prompt
+    mask: torch.Tensor  # (B, 1, 1, S): the prompt's queries attend to every valid token
+
+    @classmethod
+    def of(cls, image_mask: torch.Tensor, patches: int, mask: torch.Tensor) -> "Slots":
+        """image_mask: (B, N) bool; mask: (B, S) bool, the whole input's."""
+        b, n = image_mask.shape
+        # Every query keeps at least one key (itself): an absent slot's tokens are computed but never
+        # read, since every other query masks them, and a row of no keys would give NaN.
+        eye = torch.eye(n, dtype=torch.bool, device=mask.device)
+        time_mask = (image_mask[:, None, :] | eye).repeat_interleave(patches, 0)[:, None]
+        own = torch.ones(b * n, patches, dtype=torch.bool, device=mask.device)
+        space_mask = torch.cat([own, mask[:, n * patches:].repeat_interleave(n, 0)], 1)[:, None, None]
+        return cls(n, patches, time_mask, space_mask, mask[:, None, None, :])
+
+
 class Attention(nn.Module):
     """Multi-head attention, pre-projection QK-norm (ViT-22B) so logits stay tame in bf16."""
 
@@ -125,10 +152,32 @@ class Attention(nn.Module):
             k, v = cache.append(k, v)
             # A multi-token prefill starts at 0 and is causal; later single-token steps see all keys.
             causal = causal and first and q.shape[2] > 1
+        return self.out(self._attend(q, k, v, mask, causal))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        """SDPA over heads (B, H, T, Dh), merged back to (B, T, D) before the output projection."""
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         b, h, t, dh = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, t, h * dh))
+        return y.transpose(1, 2).reshape(b, t, h * dh)
+
+    def within_slots(self, x: torch.Tensor, slots: Slots) -> torch.Tensor:
+        """The spatial half of divided space-time attention, x: (B, S, D): each image slot's patches attend
+        to their own slot and the prompt; the prompt's tokens attend to every valid token. With one slot
+        this is ``forward`` over the whole input (for the valid queries)."""
+        n, p = slots.n, slots.patches
+        q = self._heads(self.q(x), self.q_norm)
+        k, v = self.project_kv(x)  # (B, H, S, Dh)
+
+        def per_slot(t: torch.Tensor) -> torch.Tensor:  # (B, H, S, Dh) -> (B*N, H, P + L, Dh)
+            own = rearrange(t[:, :, :n * p], "b h (n p) e -> (b n) h p e", n=n)
+            return torch.cat([own, t[:, :, n * p:].repeat_interleave(n, 0)], 2)
+
+        patches = self._attend(rearrange(q[:, :, :n * p], "b h (n p) e -> (b n) h p e", n=n), per_slot(k),
+                               per_slot(v), slots.space_mask)  # (B*N, P, D)
+        prompt = self._attend(q[:, :, n * p:], k, v, slots.mask)  # (B, L, D)
+        return self.out(torch.cat([rearrange(patches, "(b n) p d -> b (n p) d", n=n), prompt], 1))
 
     def step(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
              length: int | None = None) -> torch.Tensor:
@@ -208,31 +257,68 @@ class MultiwayFFN(nn.Module):
 
 
 class EncoderBlock(nn.Module):
+    """Pre-norm encoder block. ``model.block``: ``sequential`` (attention, then FFN, each with its own norm)
+    or ``parallel`` (both read one norm of x and are summed, ViT-22B). ``model.video_attention: divided``
+    (TimeSformer) puts attention across the image slots at each patch position first, with its own norm
+    and residual, and restricts the block's attention to ``Attention.within_slots``."""
+
     def __init__(self, cfg: ModelConfig, n_experts: int):
         super().__init__()
         self.norm1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
-        self.norm2, self.ffn = RMSNorm(cfg.d_model), MultiwayFFN(cfg, n_experts)
+        self.norm2 = RMSNorm(cfg.d_model) if cfg.block == "sequential" else None  # parallel: the FFN reads norm1's
+        self.ffn = MultiwayFFN(cfg, n_experts)
+        divided = cfg.video_attention == "divided"
+        self.time_norm = RMSNorm(cfg.d_model) if divided else None
+        self.time_attn = Attention(cfg) if divided else None  # output starts at zero (``UniTokModel._init_weights``)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask=mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, expert_ids: torch.Tensor,
+                slots: Slots | None = None) -> torch.Tensor:
+        """x: (B, S, D); mask: (B, 1, 1, S); slots: given for divided attention over an input with images."""
+        if slots is not None:
+            x = self.across_slots(x, slots)
+            h = self.norm1(x)
+            a = self.attn.within_slots(h, slots)
+        else:
+            h = self.norm1(x)
+            a = self.attn(h, mask=mask)
+        if self.norm2 is None:
+            return x + a + self.ffn(h, expert_ids)
+        x = x + a
         return x + self.ffn(self.norm2(x), expert_ids)
+
+    def across_slots(self, x: torch.Tensor, slots: Slots) -> torch.Tensor:
+        """The temporal half of divided attention: each patch attends to the same patch position of the
+        example's other present slots (video frames); the prompt's tokens pass through."""
+        n, p = slots.n, slots.patches
+        frames = rearrange(x[:, :n * p], "b (n p) d -> (b p) n d", n=n)
+        moved = self.time_attn(self.time_norm(frames), mask=slots.time_mask)  # (B*P, N, D)
+        return torch.cat([x[:, :n * p] + rearrange(moved, "(b p) n d -> b (n p) d", p=p), x[:, n * p:]], 1)
 
 
 class DecoderBlock(nn.Module):
+    """Pre-norm decoder block: causal self-attention, cross-attention to the encoder, Multiway FFN.
+    ``model.block: parallel``: all three read one norm of x and their outputs are summed (ViT-22B's
+    parallel block, carried to the decoder; docs/architecture.md says why all three)."""
+
     def __init__(self, cfg: ModelConfig, n_experts: int):
         super().__init__()
+        sequential = cfg.block == "sequential"
         self.norm1, self.self_attn = RMSNorm(cfg.d_model), Attention(cfg)
-        self.norm2, self.cross_attn = RMSNorm(cfg.d_model), Attention(cfg)
-        self.norm3, self.ffn = RMSNorm(cfg.d_model), MultiwayFFN(cfg, n_experts)
+        self.norm2, self.cross_attn = RMSNorm(cfg.d_model) if sequential else None, Attention(cfg)
+        self.norm3, self.ffn = RMSNorm(cfg.d_model) if sequential else None, MultiwayFFN(cfg, n_experts)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, expert_ids: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x), causal=True, cache=cache)
         kv = None
         if cache is not None:
             if cache.cross is None:  # cross-attention K/V depend only on the input: compute once
                 cache.cross = self.cross_attn.project_kv(memory)
             kv = cache.cross
+        h = self.norm1(x)
+        a = self.self_attn(h, causal=True, cache=cache)
+        if self.norm2 is None:
+            return x + a + self.cross_attn(h, memory, mask=memory_mask, kv=kv) + self.ffn(h, expert_ids)
+        x = x + a
         x = x + self.cross_attn(self.norm2(x), memory, mask=memory_mask, kv=kv)
         return x + self.ffn(self.norm3(x), expert_ids)
 
@@ -240,6 +326,10 @@ class DecoderBlock(nn.Module):
              cross_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor, expert_ids: torch.Tensor,
              present: tuple[int, ...]) -> torch.Tensor:
         """One decoding step (x: (B, 1, D)) at position ``length - 1``; the same math as ``forward``."""
-        x = x + self.self_attn.step(self.norm1(x), (k_buf, v_buf), length=length)
+        h = self.norm1(x)
+        a = self.self_attn.step(h, (k_buf, v_buf), length=length)
+        if self.norm2 is None:
+            return x + a + self.cross_attn.step(h, cross_kv, memory_mask) + self.ffn.step(h, expert_ids, present)
+        x = x + a
         x = x + self.cross_attn.step(self.norm2(x), cross_kv, memory_mask)
         return x + self.ffn.step(self.norm3(x), expert_ids, present)

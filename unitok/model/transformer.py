@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import ModelConfig
-from .layers import DecoderBlock, EncoderBlock, KVCache, RMSNorm, step_linear
+from .layers import DecoderBlock, EncoderBlock, KVCache, RMSNorm, Slots, step_linear
 
 # inductor settings for the compiled decoding steps (see ``UniTokModel.compiled``)
 STEP_COMPILE_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False,
@@ -169,6 +169,9 @@ class UniTokModel(nn.Module):
             for name, p in self.named_parameters():  # GPT-2: residual output projections scaled by depth
                 if name.endswith(("out.weight", "down.weight")):
                     nn.init.normal_(p, std=0.02 / depth)
+        for block in self.encoder:  # divided attention starts as the identity across slots (TimeSformer)
+            if block.time_attn is not None:
+                nn.init.zeros_(block.time_attn.out.weight)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -214,8 +217,11 @@ class UniTokModel(nn.Module):
         experts.append(torch.full(prompt.shape, TEXT_EXPERT, dtype=torch.long, device=prompt.device))
         x, mask, expert_ids = torch.cat(parts, 1), torch.cat(masks, 1), torch.cat(experts, 1)
         attn_mask = mask[:, None, None, :]
+        slots = None
+        if cfg.video_attention == "divided" and len(parts) > 1:
+            slots = Slots.of(image_mask, cfg.num_patches, mask)
         for block in self.encoder:
-            x = block(x, attn_mask, expert_ids)
+            x = block(x, attn_mask, expert_ids, slots)
         return self.enc_norm(x), mask
 
     def region_marks(self, prompt: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:

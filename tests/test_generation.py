@@ -378,7 +378,7 @@ def test_spec_settings_and_overrides(codec, tasks):
     assert predictor.options("text").max_tokens == 24
     assert predictor.options("text", max_tokens=5).max_tokens == 5
     opts = DecodingOptions(strategy="sample", temperature=0.5)
-    assert predictor.options("text", opts, top_k=3) == dataclasses.replace(opts, top_k=3)
+    assert predictor.options("text", opts, top_k=3) == opts.replace(top_k=3)
     with pytest.raises(TypeError, match="unknown decoding option.*temprature"):
         predictor.options("text", temprature=0.5)
     with pytest.raises(ValueError, match="top_p"):

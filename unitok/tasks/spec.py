@@ -11,12 +11,14 @@ A validation error names the file and the field, e.g.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import string
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UniTokError
 
@@ -55,24 +57,76 @@ class Target(_Strict):
     mask_ratio: float = Field(0.3, gt=0, lt=1)  # masked_text: fraction of text pieces hidden
 
 
+STRATEGIES = ("greedy", "beam", "sample", "score")
+# Each decoding field's kind: (Python type, what an error says it must be). bool is never an int here.
+DECODING_KINDS = {"strategy": (str, "one of " + " | ".join(STRATEGIES)), "max_tokens": (int, "an integer"),
+                   "min_tokens": (int, "an integer"), "beam_size": (int, "an integer"),
+                   "length_penalty": (float, "a finite number"), "temperature": (float, "a finite number"),
+                   "top_k": (int, "an integer"), "top_p": (float, "a finite number"),
+                   "guidance_scale": (float, "a finite number"), "seed": (int, "an integer or null")}
+MAX_DECODING_TOKENS = 4096
+
+
+_DECODING_BOUNDS = {"max_tokens": (lambda v: 1 <= v <= MAX_DECODING_TOKENS, f"in [1, {MAX_DECODING_TOKENS}]"),
+                    "min_tokens": (lambda v: v >= 0, ">= 0"), "beam_size": (lambda v: v >= 1, ">= 1"),
+                    "temperature": (lambda v: v > 0, "> 0"), "top_k": (lambda v: v >= 0, ">= 0"),
+                    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"), "guidance_scale": (lambda v: v >= 0, ">= 0")}
+
+
+def decoding_problem(name: str, v) -> str | None:
+    """What is wrong with one decoding setting's value (its type, then its bounds), or None. The one check
+    behind a spec's ``decoding:`` and every per-call override (``unitok.generation.DecodingOptions``)."""
+    kind, says = DECODING_KINDS[name]
+    if v is None and name == "seed":
+        return None
+    if kind is str:
+        ok = v in STRATEGIES
+    elif isinstance(v, bool) or not isinstance(v, numbers.Real):
+        ok = False
+    elif kind is float:
+        ok = math.isfinite(v)
+    else:
+        ok = isinstance(v, numbers.Integral)
+    if not ok:
+        return f"{name} must be {says}, got {v!r}"
+    if name in _DECODING_BOUNDS and not _DECODING_BOUNDS[name][0](v):
+        return f"{name} must be {_DECODING_BOUNDS[name][1]}, got {v!r}"
+    return None
+
+
 class Decoding(_Strict):
     """How outputs are decoded (``unitok.generation``); every field can be overridden per call.
 
     ``score`` ranks the closed set ``target.choices`` by likelihood instead of generating.
     ``guidance_scale`` w: classifier-free guidance, logits = cond + w * (cond - uncond), so 0 is
     unguided (train with ``prompt_dropout`` > 0). ``min_tokens``: eos is masked before this many
-    tokens (Pix2Seq detection decodes the whole box budget)."""
+    tokens (Pix2Seq detection decodes the whole box budget). Types and bounds are checked in one place,
+    ``decoding_problem``, for specs and per-call overrides (``DecodingOptions``) alike."""
 
-    strategy: Literal["greedy", "beam", "sample", "score"] = "greedy"
-    max_tokens: int = Field(64, ge=1, le=4096)
-    min_tokens: int = Field(0, ge=0)
-    beam_size: int = Field(1, ge=1)
+    strategy: str = "greedy"  # greedy | beam | sample | score
+    max_tokens: int = 64  # budget per row, eos excluded
+    min_tokens: int = 0
+    beam_size: int = 1
     length_penalty: float = 1.0  # beam: hypotheses ranked by sum log p / length ** length_penalty
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0)  # 0: no top-k cut
-    top_p: float = Field(1.0, gt=0, le=1)
-    guidance_scale: float = Field(0.0, ge=0)
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0  # 1: no nucleus cut
+    guidance_scale: float = 0.0
     seed: int | None = None  # sampling seed; None draws from torch's global generator
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _checked(cls, v, info):
+        problem = decoding_problem(info.field_name, v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _combination(self):
+        if self.guidance_scale and self.strategy == "beam" and self.beam_size > 1:
+            raise ValueError("classifier-free guidance works with greedy or sample decoding, not beam search")
+        return self
 
 
 class Splits(_Strict):
